@@ -1,0 +1,262 @@
+"""Open Inference Protocol V2 codec: JSON bodies and the binary tensor data extension, both ways.
+
+Knows nothing of HTTP. Decoding checks every input against the model signature and raises
+``InvalidInput``/``InvalidRequest`` with a message naming the input and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from edge_module.errors import InvalidInput, InvalidRequest
+from edge_module.runtime import OnnxModel
+from edge_module.tensors import V2_TO_NUMPY, v2_datatype_of
+
+HEADER_LENGTH = "inference-header-content-length"
+_LENGTH_PREFIX = struct.Struct("<I")
+MAX_DIMS = 8
+
+
+@dataclass
+class InferRequest:
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    # Requested outputs in order, each with whether it goes back as binary. Empty means all outputs.
+    outputs: list[tuple[str, bool]] = field(default_factory=list)
+    binary_output: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _load_json(raw: bytes | memoryview) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"malformed JSON body: {exc}") from None
+
+
+def _as_dict(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{what} must be a JSON object")
+    return value
+
+
+def _shape(raw: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_DIMS:
+        raise InvalidInput(f"input '{name}': 'shape' must be a list of at most {MAX_DIMS} non-negative integers")
+    for dim in raw:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers, got {raw}")
+    return tuple(raw)
+
+
+def _element_count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def _flatten_strings(data: Any, name: str, out: list[str]) -> None:
+    for item in data:
+        if isinstance(item, list):
+            _flatten_strings(item, name, out)
+        elif isinstance(item, str):
+            out.append(item)
+        else:
+            raise InvalidInput(f"input '{name}' is BYTES: every element must be a string, got {type(item).__name__}")
+
+
+def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if not isinstance(data, list):
+        data = [data]
+    expected = _element_count(shape)
+    if datatype == "BYTES":
+        flat: list[str] = []
+        _flatten_strings(data, name, flat)
+        array = np.array(flat, dtype=object)
+    else:
+        if datatype == "BOOL" and not _all_bools(data):
+            raise InvalidInput(f"input '{name}' is BOOL: every element must be true or false")
+        try:
+            array = np.asarray(data, dtype=V2_TO_NUMPY[datatype])
+        except (ValueError, TypeError, OverflowError):
+            raise InvalidInput(
+                f"input '{name}': 'data' is not a regular array of {datatype} values matching shape {list(shape)}"
+            ) from None
+    if array.size != expected:
+        raise InvalidInput(f"input '{name}' has {array.size} elements, shape {list(shape)} needs {expected}")
+    return array.reshape(shape)
+
+
+def _all_bools(data: list[Any]) -> bool:
+    return all(_all_bools(item) if isinstance(item, list) else isinstance(item, bool) for item in data)
+
+
+def _from_binary(buffer: memoryview, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    expected = _element_count(shape)
+    if datatype == "BYTES":
+        return _decode_bytes_elements(buffer, expected, name).reshape(shape)
+    dtype = V2_TO_NUMPY[datatype]
+    if len(buffer) != expected * dtype.itemsize:
+        raise InvalidInput(
+            f"input '{name}' has {len(buffer)} bytes of binary data, "
+            f"{datatype} shape {list(shape)} needs {expected * dtype.itemsize}"
+        )
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def _decode_bytes_elements(buffer: memoryview, expected: int, name: str) -> np.ndarray:
+    items: list[str] = []
+    offset = 0
+    end = len(buffer)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidInput(f"input '{name}': truncated BYTES element length prefix")
+        (length,) = _LENGTH_PREFIX.unpack_from(buffer, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidInput(f"input '{name}': BYTES element of {length} bytes overruns the buffer")
+        try:
+            items.append(bytes(buffer[offset : offset + length]).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input '{name}': BYTES elements must be UTF-8 text") from None
+        offset += length
+        if len(items) > expected:
+            break
+    if len(items) != expected:
+        raise InvalidInput(f"input '{name}' has {len(items)} BYTES elements, its shape needs {expected}")
+    return np.array(items, dtype=object)
+
+
+def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> InferRequest:
+    """Decode a V2 infer request for ``model``; ``header_length`` comes from Inference-Header-Content-Length."""
+    view = memoryview(body)
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidRequest(
+                f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
+            )
+        header = _load_json(view[:header_length])
+        binary = view[header_length:]
+    else:
+        header = _load_json(view)
+        binary = view[:0]
+    header = _as_dict(header, "the request")
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidRequest("the request needs a non-empty 'inputs' list")
+
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for raw in raw_inputs:
+        raw = _as_dict(raw, "each input")
+        name = raw.get("name")
+        if not isinstance(name, str):
+            raise InvalidRequest("each input needs a string 'name'")
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' is given twice")
+        spec = model.input_spec(name)
+        datatype = raw.get("datatype")
+        if datatype != spec.datatype:
+            raise InvalidInput(f"input '{name}' has datatype {datatype}, model '{model.name}' expects {spec.datatype}")
+        shape = _shape(raw.get("shape"), name)
+        params = _as_dict(raw.get("parameters"), f"parameters of input '{name}'")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
+            if header_length is None:
+                raise InvalidRequest(
+                    f"input '{name}' declares binary data but the request has no Inference-Header-Content-Length"
+                )
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"input '{name}' declares {size} bytes of binary data; only {len(binary) - offset} remain"
+                )
+            inputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, name)
+            offset += size
+        elif "data" in raw:
+            inputs[name] = _from_json_data(raw["data"], datatype, shape, name)
+        else:
+            raise InvalidInput(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
+    if offset != len(binary):
+        raise InvalidRequest(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
+
+    params = _as_dict(header.get("parameters"), "request parameters")
+    binary_default = params.get("binary_data_output") is True
+    outputs: list[tuple[str, bool]] = []
+    raw_outputs = header.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise InvalidRequest("'outputs' must be a list")
+        known = set(model.output_names)
+        for raw in raw_outputs:
+            raw = _as_dict(raw, "each requested output")
+            name = raw.get("name")
+            if name not in known:
+                raise InvalidRequest(f"unknown output {name!r}; model '{model.name}' has: {', '.join(known)}")
+            out_params = _as_dict(raw.get("parameters"), f"parameters of output '{name}'")
+            outputs.append((name, bool(out_params.get("binary_data", binary_default))))
+    request_id = header.get("id")
+    return InferRequest(
+        inputs=inputs,
+        id=request_id if isinstance(request_id, str) else None,
+        outputs=outputs,
+        binary_output=binary_default,
+        parameters=params,
+    )
+
+
+def _json_data(array: np.ndarray) -> Any:
+    flat = array.reshape(-1)
+    if flat.dtype.kind == "O":
+        return [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in flat]
+    if flat.dtype.kind == "U":
+        return flat.tolist()
+    return flat  # orjson serialises contiguous numpy arrays natively
+
+
+def _binary_data(array: np.ndarray) -> bytes:
+    if array.dtype.kind in ("O", "U", "S"):
+        parts: list[bytes] = []
+        for item in array.reshape(-1):
+            encoded = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            parts.append(_LENGTH_PREFIX.pack(len(encoded)))
+            parts.append(encoded)
+        return b"".join(parts)
+    return np.ascontiguousarray(array).tobytes()
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    results: Mapping[str, np.ndarray],
+    request: InferRequest,
+) -> tuple[bytes, int | None]:
+    """Encode outputs. Returns the body and, when binary data follows, the JSON header's length."""
+    wanted = request.outputs or [(name, request.binary_output) for name in results]
+    outputs: list[dict[str, Any]] = []
+    buffers: list[bytes] = []
+    for name, as_binary in wanted:
+        array = results[name]
+        entry: dict[str, Any] = {"name": name, "datatype": v2_datatype_of(array), "shape": list(array.shape)}
+        if as_binary:
+            data = _binary_data(array)
+            entry["parameters"] = {"binary_data_size": len(data)}
+            buffers.append(data)
+        else:
+            entry["data"] = _json_data(array)
+        outputs.append(entry)
+    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
+    if request.id is not None:
+        response["id"] = request.id
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not buffers:
+        return header, None
+    return header + b"".join(buffers), len(header)

@@ -1,0 +1,173 @@
+"""The data plane: health, metadata and inference over the repository. Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from edge_module import __version__
+from edge_module.codec import InferRequest, decode_request, encode_response
+from edge_module.errors import EdgeError, InferenceError, InvalidInput
+from edge_module.repository import ModelRepository
+from edge_module.runtime import OnnxModel
+from edge_module.stats import InferenceStats
+
+SERVER_NAME = "edge-module"
+EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics", "schedule_policy")
+PLATFORM = "onnxruntime_onnx"
+
+_TRITON_TYPES = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+}
+
+
+class DataPlane:
+    def __init__(self, repository: ModelRepository, stats: InferenceStats, inference_workers: int = 2) -> None:
+        self.repository = repository
+        self.stats = stats
+        self._executor = ThreadPoolExecutor(max_workers=inference_workers, thread_name_prefix="infer")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- health and metadata ---------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self.repository.ready
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        model = self.repository.get(name, version)
+        served = self.repository.served(name)
+        versions = list(served.versions) if served else [model.version]
+        meta = model.metadata
+        return {
+            "name": name,
+            "versions": versions,
+            "platform": PLATFORM,
+            "inputs": [spec.as_dict() for spec in model.inputs],
+            "outputs": [spec.as_dict() for spec in model.outputs],
+            "parameters": {
+                "active_version": served.active.version if served else model.version,
+                "sha256": model.sha256,
+                "task": meta.task,
+                "feature_names": list(meta.feature_names),
+                "class_labels": list(meta.class_labels),
+            },
+        }
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        self.repository.get(name, version)
+        return True
+
+    def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+        model = self.repository.get(name, version)
+
+        def tensor(spec_dict: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "name": spec_dict["name"],
+                "data_type": _TRITON_TYPES.get(spec_dict["datatype"], "TYPE_INVALID"),
+                "dims": spec_dict["shape"],
+            }
+
+        return {
+            "name": name,
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": 0,
+            "version_policy": {"specific": {"versions": [model.version]}},
+            "input": [tensor(spec.as_dict()) for spec in model.inputs],
+            "output": [tensor(spec.as_dict()) for spec in model.outputs],
+            "parameters": {"execution": {"string_value": "inline" if model.runs_inline else "thread_pool"}},
+        }
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        index = []
+        for name, served in sorted(self.repository.snapshot().items()):
+            for version in served.versions:
+                state = "READY"
+                index.append({"name": name, "version": version, "state": state, "reason": ""})
+        return index
+
+    def model_stats(self, name: str | None, version: str | None) -> dict[str, Any]:
+        if name:
+            self.repository.get(name, version)
+        return self.stats.report(name, version)
+
+    # -- inference -------------------------------------------------------------------------------
+
+    async def infer(
+        self, name: str, version: str | None, body: bytes, header_length: int | None
+    ) -> tuple[bytes, int | None]:
+        """Decode, validate, run and encode one V2 request; returns the body and binary header length."""
+        started = time.perf_counter_ns()
+        # One reference for the whole request: a concurrent swap cannot change the version under it.
+        model = self.repository.get(name, version)
+        stats = self.stats.for_version(name, model.version)
+        try:
+            request = decode_request(body, header_length, model)
+            model.validate(request.inputs)
+            decoded = time.perf_counter_ns()
+            results = await self._run(model, request)
+            ran = time.perf_counter_ns()
+            encoded = encode_response(name, model.version, results, request)
+        except EdgeError:
+            stats.record_failure(time.perf_counter_ns() - started)
+            raise
+        finished = time.perf_counter_ns()
+        batch = _batch_size(request.inputs)
+        stats.record_success(batch, 0, decoded - started, ran - decoded, finished - ran, finished - started)
+        return encoded
+
+    async def infer_arrays(
+        self, name: str, version: str | None, inputs: dict[str, np.ndarray]
+    ) -> tuple[OnnxModel, dict[str, np.ndarray]]:
+        """Inference on already-decoded tensors (edgeHub messages). Returns the model that ran."""
+        started = time.perf_counter_ns()
+        model = self.repository.get(name, version)
+        stats = self.stats.for_version(name, model.version)
+        try:
+            model.validate(inputs)
+            results = await self._run(model, InferRequest(inputs=inputs))
+        except EdgeError:
+            stats.record_failure(time.perf_counter_ns() - started)
+            raise
+        elapsed = time.perf_counter_ns() - started
+        stats.record_success(_batch_size(inputs), 0, 0, elapsed, 0, elapsed)
+        return model, results
+
+    async def _run(self, model: OnnxModel, request: InferRequest) -> dict[str, np.ndarray]:
+        output_names = [name for name, _ in request.outputs] or None
+        try:
+            if model.runs_inline:
+                return model.run(request.inputs, output_names)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, model.run, request.inputs, output_names)
+        except Exception as exc:  # onnxruntime's errors are not a stable API
+            if type(exc).__name__ in ("InvalidArgument", "InvalidGraph"):
+                raise InvalidInput(f"model '{model.name}' rejected the input: {exc}") from exc
+            raise InferenceError(f"model '{model.name}' version {model.version} failed to run: {exc}") from exc
+
+
+def _batch_size(inputs: dict[str, np.ndarray]) -> int:
+    for array in inputs.values():
+        return int(array.shape[0]) if array.ndim else 1
+    return 0

@@ -1,0 +1,181 @@
+"""Model lifecycle: store on disk, load and warm up off the event loop, then swap atomically.
+
+The HTTP repository endpoints, the twin and the CLI all change models through this one class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edge_module.errors import ModelLoadError, ModelNotFound, StoreError
+from edge_module.repository import ModelRepository
+from edge_module.runtime import OnnxModel, SessionConfig
+from edge_module.store import ModelStore, validate_name, validate_version
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    name: str
+    version: str
+    sha256: str
+    service_time_ms: float
+    load_seconds: float
+
+
+class ModelManager:
+    def __init__(
+        self,
+        store: ModelStore,
+        repository: ModelRepository,
+        config: SessionConfig,
+        max_model_bytes: int,
+    ) -> None:
+        self.store = store
+        self.repository = repository
+        self.config = config
+        self.max_model_bytes = max_model_bytes
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _in_loader(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._loader, func, *args)
+
+    def _load_blob(self, name: str, version: str, sha256: str) -> OnnxModel:
+        data = self.store.read_blob(sha256)
+        return self._load_bytes(name, version, sha256, data)
+
+    def _load_bytes(self, name: str, version: str | None, sha256: str, data: bytes) -> OnnxModel:
+        if len(data) > self.max_model_bytes:
+            raise ModelLoadError(f"model '{name}' is {len(data)} bytes, over the {self.max_model_bytes}-byte cap")
+        model = OnnxModel(name, version, sha256, data, self.config)
+        model.warm_up()
+        return model
+
+    # -- start-up --------------------------------------------------------------------------------
+
+    async def restore(self) -> dict[str, str]:
+        """Serve what the store says is active, falling back to last-known-good. Returns errors by model."""
+        errors: dict[str, str] = {}
+        records = await self._in_loader(self.store.records)
+        for name in records:
+            async with self._lock(name):
+                try:
+                    await self._restore_one(name)
+                except (ModelLoadError, StoreError) as exc:
+                    errors[name] = exc.message
+                    log.error("model %s could not be restored: %s", name, exc.message)
+        return errors
+
+    async def restore_model(self, name: str) -> None:
+        """Serve ``name`` again from the store (the repository API's load without a file)."""
+        validate_name(name)
+        async with self._lock(name):
+            if self.store.get(name) is None:
+                raise ModelNotFound(f"model '{name}' is not in the store")
+            await self._restore_one(name)
+
+    async def _restore_one(self, name: str) -> None:
+        record = self.store.get(name)
+        if record is None:
+            return
+        loaded: dict[str, OnnxModel] = {}
+        failures: dict[str, str] = {}
+        for entry in record.versions:
+            try:
+                loaded[entry.version] = await self._in_loader(self._load_blob, name, entry.version, entry.sha256)
+            except (ModelLoadError, StoreError) as exc:
+                failures[entry.version] = exc.message
+        active = loaded.get(record.active.version)
+        if active is None and record.previous is not None and record.previous.version in loaded:
+            log.warning(
+                "model %s: active version %s failed (%s); serving last-known-good %s",
+                name,
+                record.active.version,
+                failures.get(record.active.version),
+                record.previous.version,
+            )
+            await self._in_loader(self.store.rollback, name)
+            active = loaded[record.previous.version]
+        if active is None:
+            raise ModelLoadError(f"no servable version of model '{name}': {failures}")
+        self.repository.publish(name, active, loaded)
+        log.info("model %s version %s restored from the store", name, active.version)
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    async def install_bytes(self, name: str, version: str, data: bytes) -> LoadReport:
+        """Store ``data`` as a new version, load and warm it up, persist it as active, then swap."""
+        validate_name(name)
+        validate_version(version)
+        if len(data) > self.max_model_bytes:
+            raise ModelLoadError(f"model '{name}' is {len(data)} bytes, over the {self.max_model_bytes}-byte cap")
+        sha256 = await self._in_loader(self.store.put_bytes, data)
+        return await self.activate_blob(name, version, sha256)
+
+    async def activate_blob(self, name: str, version: str, sha256: str) -> LoadReport:
+        """Activate a blob already in the store. A failed load leaves the old version serving."""
+        validate_name(name)
+        validate_version(version)
+        async with self._lock(name):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            model = await self._in_loader(self._load_blob, name, version, sha256)
+            record = await self._in_loader(self.store.activate, name, version, sha256)
+            served = self.repository.served(name)
+            kept = {v.version for v in record.versions}
+            versions = {v: m for v, m in (served.versions.items() if served else ()) if v in kept}
+            versions[version] = model
+            self.repository.publish(name, model, versions)
+            elapsed = loop.time() - started
+        log.info("model %s version %s active (sha256 %s, %.3fs)", name, version, sha256[:12], elapsed)
+        return LoadReport(name, version, sha256, model.service_time_ms, elapsed)
+
+    async def rollback(self, name: str) -> LoadReport:
+        async with self._lock(name):
+            record = await self._in_loader(self.store.rollback, name)
+            served = self.repository.served(name)
+            model = served.versions.get(record.active.version) if served else None
+            if model is None:
+                model = await self._in_loader(self._load_blob, name, record.active.version, record.active.sha256)
+            versions = dict(served.versions) if served else {}
+            versions[record.active.version] = model
+            self.repository.publish(name, model, versions)
+        log.info("model %s rolled back to version %s", name, model.version)
+        return LoadReport(name, model.version, model.sha256, model.service_time_ms, 0.0)
+
+    async def remove(self, name: str) -> bool:
+        validate_name(name)
+        async with self._lock(name):
+            removed_from_store = await self._in_loader(self.store.remove, name)
+            dropped = self.repository.drop(name)
+        if not (removed_from_store or dropped):
+            raise ModelNotFound(f"unknown model '{name}'")
+        log.info("model %s removed", name)
+        return True
+
+    async def serve_file(self, name: str, path: Path, source: str = "file") -> LoadReport:
+        """Serve a file without storing it (``--model`` and the bundled default)."""
+        validate_name(name)
+        data = await self._in_loader(path.read_bytes)
+        sha256 = hashlib.sha256(data).hexdigest()
+        async with self._lock(name):
+            probe = await self._in_loader(self._load_bytes, name, None, sha256, data)
+            self.repository.publish(name, probe, {probe.version: probe}, source=source)
+        log.info("model %s version %s served from %s", name, probe.version, path)
+        return LoadReport(name, probe.version, sha256, probe.service_time_ms, 0.0)

@@ -1,0 +1,96 @@
+"""The module: builds every part from settings and owns their start and stop."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edge_module.dataplane import DataPlane
+from edge_module.errors import EdgeError
+from edge_module.manager import ModelManager
+from edge_module.repository import ModelRepository
+from edge_module.rest import create_app
+from edge_module.rest.infer import ASGIApp
+from edge_module.runtime import SessionConfig
+from edge_module.settings import Settings
+from edge_module.stats import InferenceStats
+from edge_module.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+def default_model_dir() -> Path:
+    return Path(str(resources.files("edge_module") / "default_model"))
+
+
+def default_model_manifest() -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((default_model_dir() / "manifest.json").read_text())
+    return manifest
+
+
+@dataclass
+class EdgeModule:
+    settings: Settings
+    store: ModelStore
+    repository: ModelRepository
+    stats: InferenceStats
+    dataplane: DataPlane
+    manager: ModelManager
+    app: ASGIApp
+    extra_models: dict[str, Path] = field(default_factory=dict)
+    startup_errors: dict[str, str] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        """Serve what the store holds, then any ``--model`` files, then the default model if nothing else."""
+        self.store.open()
+        self.startup_errors.update(await self.manager.restore())
+        for name, path in self.extra_models.items():
+            try:
+                await self.manager.serve_file(name, path)
+            except (EdgeError, OSError) as exc:
+                message = exc.message if isinstance(exc, EdgeError) else str(exc)
+                self.startup_errors[name] = message
+                log.error("model %s from %s could not be served: %s", name, path, message)
+        if not self.repository.ready and self.settings.serve_default_model:
+            await self._serve_default_model()
+
+    async def _serve_default_model(self) -> None:
+        manifest = default_model_manifest()
+        name = self.settings.default_model_name or manifest["name"]
+        await self.manager.serve_file(name, default_model_dir() / manifest["file"], source="default")
+
+    def close(self) -> None:
+        self.dataplane.close()
+        self.manager.close()
+
+
+def build_module(settings: Settings, extra_models: dict[str, Path] | None = None) -> EdgeModule:
+    store = ModelStore(settings.model_dir, keep_versions=settings.keep_versions)
+    repository = ModelRepository()
+    stats = InferenceStats()
+    config = SessionConfig(
+        intra_op_threads=settings.ort_intra_op_threads, inline_threshold_ms=settings.inline_threshold_ms
+    )
+    manager = ModelManager(store, repository, config, settings.max_model_bytes)
+    dataplane = DataPlane(repository, stats, settings.inference_workers)
+    app = create_app(
+        dataplane,
+        manager,
+        max_request_bytes=settings.max_request_bytes,
+        admin_token=settings.admin_token,
+        api_token=settings.api_token,
+    )
+    return EdgeModule(
+        settings=settings,
+        store=store,
+        repository=repository,
+        stats=stats,
+        dataplane=dataplane,
+        manager=manager,
+        app=app,
+        extra_models=dict(extra_models or {}),
+    )

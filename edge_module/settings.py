@@ -1,0 +1,68 @@
+"""Module settings, read from the environment with the ``EDGE_`` prefix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _in_container() -> bool:
+    return Path("/.dockerenv").exists() or os.environ.get("EDGE_IN_CONTAINER") == "1"
+
+
+def _default_model_dir() -> Path:
+    if _in_container():
+        return Path("/var/lib/edge-module/models")
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("edge-module")) / "models"
+
+
+def _default_host() -> str:
+    return "0.0.0.0" if _in_container() else "127.0.0.1"  # containers publish the port
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore", protected_namespaces=())
+
+    host: str = Field(default_factory=_default_host)
+    port: int = Field(default=8000, ge=0, le=65535)
+    model_dir: Path = Field(default_factory=_default_model_dir)
+    trusted_keys: Path | None = None
+    allow_insecure_uris: bool = False
+    admin_token: str | None = None
+    api_token: str | None = None
+
+    # Serving the bundled default model when the store holds nothing keeps a fresh device useful.
+    serve_default_model: bool = True
+    default_model_name: str | None = None
+
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    keep_versions: int = Field(default=2, ge=1, le=16)
+
+    # onnxruntime threads per session; 1 suits small models on a shared 2-core box.
+    ort_intra_op_threads: int = Field(default=1, ge=0)
+    # Models whose warm-up median exceeds this run in a worker thread instead of on the event loop.
+    inline_threshold_ms: float = Field(default=1.0, ge=0)
+    inference_workers: int = Field(default=2, ge=1)
+
+    log_level: str = "INFO"
+    access_log: bool = False
+
+    @field_validator("admin_token", "api_token")
+    @classmethod
+    def _reject_placeholder_tokens(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.lower() in {"changeme", "change-me", "secret", "token"} or len(value) < 16:
+            raise ValueError("tokens must be at least 16 characters and not a placeholder")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, value: str) -> str:
+        return value.upper()
