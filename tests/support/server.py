@@ -1,0 +1,81 @@
+"""Run the real module (``python -m edge_module``) as a subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ModuleProcess:
+    def __init__(self, model_dir: Path, env: dict[str, str] | None = None, args: Sequence[str] = ()) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model_dir = model_dir
+        self.env = {
+            **os.environ,
+            "EDGE_HOST": "127.0.0.1",
+            "EDGE_PORT": str(self.port),
+            "EDGE_MODEL_DIR": str(model_dir),
+            **(env or {}),
+        }
+        self.args = list(args)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = model_dir.parent / f"module-{self.port}.log"
+
+    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> ModuleProcess:
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge_module", *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.wait(wait_ready, timeout)
+        return self
+
+    def wait(self, ready: bool, timeout: float) -> None:
+        path = "/v2/health/ready" if ready else "/v2/health/live"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"module exited with {self.process.returncode}: {self.logs()}")
+            try:
+                if httpx.get(self.url + path, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"module not {'ready' if ready else 'live'} after {timeout}s: {self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.process is None:
+            return 0
+        self.process.terminate()
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._log.close()
+        self.process = None
+        return code
+
+    def __enter__(self) -> ModuleProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
