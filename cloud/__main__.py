@@ -1,29 +1,35 @@
-"""``python -m cloud``: the training sidecar's command line."""
+"""``python -m cloud``: the training sidecar's command line.
+
+Each module in ``cloud/commands/`` adds one subcommand: it defines ``NAME``, ``HELP``,
+``configure(parser)`` and ``run(args) -> int``. Nothing heavy is imported until a command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
+import pkgutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "edge_module" / "default_model"
+from cloud import commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cloud", description="Train, export, register, release and deploy.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.configure(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cloud", description="Train, export and release models.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    bundle = commands.add_parser("bundle-default", help="train and export the edge module's bundled default model")
-    bundle.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, help="output folder (default: %(default)s)")
-    args = parser.parse_args(argv)
-
-    if args.command == "bundle-default":
-        from cloud.bundle_default import build_default_model
-
-        manifest = build_default_model(args.out)
-        sys.stdout.write(json.dumps({k: manifest[k] for k in ("name", "version", "sha256", "metrics")}, indent=2) + "\n")
-    return 0
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
 
 
 if __name__ == "__main__":

@@ -62,9 +62,7 @@ def build_default_model(out_dir: Path) -> dict[str, Any]:
     onnx_bytes = to_onnx_single_tensor(model, features.shape[1], metadata)
 
     labels, probabilities = onnx_predict(onnx_bytes, x_test)
-    if not np.array_equal(labels, predicted) or not np.allclose(
-        probabilities, model.predict_proba(x_test), atol=1e-5
-    ):
+    if not np.array_equal(labels, predicted) or not np.allclose(probabilities, model.predict_proba(x_test), atol=1e-5):
         raise RuntimeError("parity check failed: ONNX and scikit-learn disagree on the test split")
 
     out_dir.mkdir(parents=True, exist_ok=True)
