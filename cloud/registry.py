@@ -98,13 +98,15 @@ class LocalRegistry:
         metrics: dict[str, Any] | None = None,
         tags: dict[str, str] | None = None,
         metadata: dict[str, Any] | None = None,
+        version: str | None = None,
     ) -> RegistryEntry:
+        """Store a new version. ``version`` claims exactly that number (see ``next_version``) or fails."""
         validate_name(name)
         if not onnx_bytes:
             raise RegistryError("refusing to register an empty model file")
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
-        version_dir = self._claim_version(model_dir)
+        version_dir = self._claim_version(model_dir) if version is None else self._claim_exact(model_dir, version)
         record = {
             "name": name,
             "version": version_dir.name,
@@ -167,6 +169,26 @@ class LocalRegistry:
             aliases = self._aliases(model_dir)
             entries.extend(self._entry(model_dir, v, aliases) for v in self._versions(model_dir))
         return entries
+
+    def next_version(self, name: str) -> str:
+        """The version the next ``register`` will get, barring a concurrent registration."""
+        model_dir = self.root / validate_name(name)
+        if not model_dir.is_dir():
+            return "1"
+        return str(max((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()), default=0) + 1)
+
+    @staticmethod
+    def _claim_exact(model_dir: Path, version: str) -> Path:
+        if not version.isdigit() or version.startswith("0"):
+            raise RegistryError(f"invalid version {version!r}: versions are 1, 2, 3, ...")
+        candidate = model_dir / version
+        try:
+            candidate.mkdir()
+        except FileExistsError as error:
+            raise RegistryError(
+                f"version {version} of {model_dir.name} already exists; versions are immutable"
+            ) from error
+        return candidate
 
     def _claim_version(self, model_dir: Path) -> Path:
         existing = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]

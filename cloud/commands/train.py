@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+NAME = "train"
+HELP = "train candidates, compare, export the best to ONNX (parity-gated) and register it"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", required=True, help="CSV/Parquet path, sklearn:<name>, azureml:// URI or Blob URL")
+    data.add_argument("--target", help="target column (default: 'target' for sklearn: data; none = clustering)")
+    data.add_argument("--task", choices=("classification", "regression", "clustering"), help="default: inferred")
+    data.add_argument("--drop", action="append", default=[], metavar="COLUMN", help="ignore this column")
+    search = parser.add_argument_group("search")
+    search.add_argument("--algorithm", action="append", default=[], help="only these candidates (repeatable)")
+    search.add_argument("--trials", type=int, default=8, help="parameter settings per candidate (%(default)s)")
+    search.add_argument("--time-budget", type=float, help="seconds for the whole search (at least 1 trial each)")
+    search.add_argument("--cv", type=int, default=3, help="cross-validation folds (%(default)s)")
+    search.add_argument("--select-by", help="metric that picks the winner, e.g. f1_macro, accuracy, rmse, silhouette")
+    search.add_argument("--test-size", type=float, default=0.25, help="holdout fraction (%(default)s)")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument(
+        "--parity-tolerance", type=float, default=1e-4, help="ONNX vs scikit-learn tolerance (%(default)s)"
+    )
+    search.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out = parser.add_argument_group("output")
+    out.add_argument("--name", help="model name (default: from the data source)")
+    out.add_argument("--out", type=Path, help="report folder (default: runs/<name>)")
+    out.add_argument("--registry", type=Path, help="local registry (default: $CLOUD_REGISTRY_DIR or ./registry)")
+    out.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="registry tag (repeatable)")
+    out.add_argument("--promote", action="store_true", help="point the 'production' alias at the new version")
+    out.add_argument(
+        "--azure", action="store_true", help="also register the version in the configured Azure ML workspace"
+    )
+
+
+def default_name(source: str) -> str:
+    stem = source.split(":", 1)[1] if source.startswith("sklearn:") else Path(source.split("?")[0]).stem
+    return re.sub(r"[^A-Za-z0-9_-]", "-", stem)[:64] or "model"
+
+
+def run(args: argparse.Namespace) -> int:
+    from cloud import workflow
+    from cloud.errors import CloudError
+    from cloud.registry import LocalRegistry
+    from cloud.tracking import log_metrics
+
+    name = args.name or default_name(args.data)
+    out_dir = args.out or Path("runs") / name
+    try:
+        tags = dict(_pair(tag) for tag in args.tag)
+        dataset = workflow.load_data(args.data, target=args.target, task=args.task, drop=tuple(args.drop))
+        _print_data(dataset.report.to_dict())
+        registry = LocalRegistry(args.registry)
+        outcome = workflow.train_and_register(
+            dataset,
+            name,
+            registry,
+            out_dir,
+            tags=tags,
+            parity_tolerance=args.parity_tolerance,
+            algorithms=tuple(args.algorithm),
+            trials=args.trials,
+            seconds=args.time_budget,
+            cv=args.cv,
+            select_by=args.select_by,
+            test_size=args.test_size,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+        sys.stdout.write(workflow.compare(outcome.run) + "\n\n")
+        entry = outcome.entry
+        assert entry is not None
+        if args.promote:
+            entry = registry.promote(entry.name, entry.version)
+        sys.stdout.write(f"{outcome.model.parity.message}\n")
+        sys.stdout.write(f"registered {entry.name} version {entry.version} sha256 {entry.sha256} at {entry.path}\n")
+        if args.azure:
+            from cloud.azureml import AzureMLRegistry
+
+            azure = AzureMLRegistry.from_environment().register_entry(entry)
+            sys.stdout.write(f"registered in Azure ML: {azure.name} version {azure.version}\n")
+        sys.stdout.write(f"report: {outcome.report['report.md']}\n")
+        log_metrics(outcome.run.best.metrics, {"algorithm": outcome.run.best.name, **outcome.run.best.params})
+        return 0
+    except CloudError as error:
+        sys.stderr.write(f"error: {error.message}\n")
+        return error.exit_code
+
+
+def _pair(text: str) -> tuple[str, str]:
+    from cloud.errors import CloudError
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise CloudError(f"--tag needs KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _print_data(report: dict[str, object]) -> None:
+    sys.stdout.write("data: " + json.dumps(report) + "\n")

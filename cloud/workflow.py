@@ -1,0 +1,168 @@
+"""The sidecar's Python API (for notebooks and the CLI): load data, train, compare, export, register.
+
+from cloud import workflow
+dataset = workflow.load_data("sklearn:wine")
+run = workflow.train(dataset, trials=4)
+print(workflow.compare(run))
+model = workflow.export(run, "wine", version="1")      # ONNX bytes + metadata, parity checked
+entry = workflow.register(model, LocalRegistry(Path("registry")))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from cloud.data import Dataset, load_dataset
+from cloud.errors import ParityError, RegistryError
+from cloud.export import pipeline_to_onnx
+from cloud.parity import TOLERANCE as PARITY_TOLERANCE
+from cloud.parity import ParityReport, check_parity
+from cloud.profile import training_profile
+from cloud.registry import LocalRegistry, RegistryEntry, validate_name
+from cloud.report import comparison_table, write_report
+from cloud.training import Budget, TrainingRun, train_candidates
+from edge_module.model_contract import ModelMetadata
+
+LIBRARIES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy", "pandas")
+REGISTER_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    name: str
+    onnx: bytes
+    metadata: ModelMetadata
+    parity: ParityReport
+    algorithm: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run: TrainingRun
+    model: ExportedModel
+    entry: RegistryEntry | None
+    report: dict[str, Path]
+
+
+def load_data(source: str, target: str | None = None, task: str | None = None, drop: tuple[str, ...] = ()) -> Dataset:
+    return load_dataset(source, target=target, task=task, drop=drop)
+
+
+def train(
+    dataset: Dataset,
+    *,
+    algorithms: tuple[str, ...] = (),
+    trials: int = 8,
+    seconds: float | None = None,
+    cv: int = 3,
+    select_by: str | None = None,
+    test_size: float = 0.25,
+    seed: int = 0,
+    progress: bool = False,
+) -> TrainingRun:
+    return train_candidates(
+        dataset,
+        algorithms=algorithms,
+        budget=Budget(trials=trials, seconds=seconds, cv=cv),
+        select_by=select_by,
+        test_size=test_size,
+        seed=seed,
+        progress=progress,
+    )
+
+
+def compare(run: TrainingRun) -> str:
+    return comparison_table(run)
+
+
+def library_versions() -> dict[str, str]:
+    import platform
+
+    versions = {name: importlib_metadata.version(name) for name in LIBRARIES}
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def export(run: TrainingRun, name: str, version: str, tolerance: float = PARITY_TOLERANCE) -> ExportedModel:
+    """Convert the selected candidate to ONNX with its metadata, and run the parity gate on the test split."""
+    validate_name(name)
+    best = run.best
+    dataset = run.dataset
+    labels: tuple[Any, ...] = ()
+    if dataset.task == "classification":
+        labels = tuple(label.item() if hasattr(label, "item") else label for label in best.pipeline.classes_)
+    scalar_metrics = {k: v for k, v in best.metrics.items() if isinstance(v, (int, float))}
+    metadata = ModelMetadata(
+        name=name,
+        version=version,
+        task=dataset.task,
+        features=dataset.schema,
+        class_labels=labels,
+        metrics={"algorithm": best.name, **scalar_metrics},
+        profile=training_profile(run.x_train, dataset.schema),
+        libraries=library_versions(),
+        # The graph imputes numeric NaN (and one-hot ignores unseen or empty strings).
+        allow_missing=True,
+    )
+    onnx_bytes = pipeline_to_onnx(best.pipeline, dataset.schema, dataset.task, metadata)
+    parity = check_parity(onnx_bytes, best.pipeline, dataset.task, run.x_test, dataset.schema, tolerance)
+    return ExportedModel(name, onnx_bytes, metadata, parity, best.name, dict(best.params))
+
+
+def register(model: ExportedModel, registry: LocalRegistry, tags: dict[str, str] | None = None) -> RegistryEntry:
+    """Register a model that passed parity; one that did not is refused."""
+    if not model.parity.passed:
+        raise ParityError(model.parity.message)
+    assert model.metadata.version is not None
+    return registry.register(
+        model.name,
+        model.onnx,
+        metrics=dict(model.metadata.metrics),
+        tags={"task": str(model.metadata.task), "algorithm": model.algorithm, **(tags or {})},
+        metadata=registry_metadata(model),
+        version=model.metadata.version,
+    )
+
+
+def registry_metadata(model: ExportedModel) -> dict[str, Any]:
+    meta = model.metadata
+    return {
+        "task": meta.task,
+        "features": [{"name": f.name, "type": f.type} for f in meta.features],
+        "class_labels": list(meta.class_labels),
+        "algorithm": model.algorithm,
+        "params": {k: list(v) if isinstance(v, tuple) else v for k, v in model.params.items()},
+        "parity": model.parity.to_dict(),
+        "libraries": meta.libraries,
+    }
+
+
+def train_and_register(
+    dataset: Dataset,
+    name: str,
+    registry: LocalRegistry,
+    out_dir: Path,
+    *,
+    tags: dict[str, str] | None = None,
+    parity_tolerance: float = PARITY_TOLERANCE,
+    **train_options: Any,
+) -> Outcome:
+    """The CLI's whole flow. The report is written whether or not parity passes; a failing model is not
+    registered and ParityError is raised after the report is on disk."""
+    run = train(dataset, **train_options)
+    for _ in range(REGISTER_ATTEMPTS):
+        model = export(run, name, registry.next_version(name), parity_tolerance)
+        report = write_report(run, model.parity, out_dir, f"{name} {model.metadata.version}: {dataset.report.source}")
+        (out_dir / "model.onnx").write_bytes(model.onnx)
+        if not model.parity.passed:
+            raise ParityError(f"{model.parity.message}; the model was not registered (report: {out_dir})")
+        try:
+            entry = register(model, registry, {"dataset": dataset.report.source, **(tags or {})})
+        except RegistryError:
+            continue  # someone registered that version meanwhile: export again with the next one
+        return Outcome(run, model, entry, report)
+    raise RegistryError(f"could not claim a version of {name} after {REGISTER_ATTEMPTS} attempts")
