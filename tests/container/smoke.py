@@ -1,0 +1,182 @@
+"""Smoke-test a built edge module image: its own entrypoint serves the bundled default model and answers an infer.
+
+    python -m tests.container.smoke IMAGE      (scripts/build-image runs it after an amd64 build)
+
+The container runs with `buildah run --isolation chroot`, which shares the host's network, so the module is told
+to listen on 127.0.0.1 and a free port. Prints the facts as JSON; exits 1 when any check fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.container.buildah import Container, ImageInfo, container, inspect_image
+from tests.support.server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = REPO / "edge_module" / "default_model" / "model.onnx"
+MODEL_STORE = "/var/lib/edge-module/models"
+APP_MODEL = "opt/app/edge_module/default_model/model.onnx"
+# The README's example row (scikit-learn's wine data).
+SAMPLE = [13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050]
+SETTINGS_PROBE = "from edge_module.settings import Settings; s = Settings(); print(s.host, s.model_dir)"
+EDGE_ONLY_PROBE = (
+    "import importlib.util as u;"
+    " print([m for m in ('sklearn', 'skl2onnx', 'azure.ai', 'cloud', 'pip', 'pytest') if u.find_spec(m)])"
+)
+READY_TIMEOUT = 90.0
+
+
+@dataclass
+class SmokeResult:
+    image: str
+    architecture: str
+    size_bytes: int
+    user: str
+    store_owner_uid: int
+    baked_model_sha256: str
+    settings_in_container: str
+    non_edge_modules: str
+    ready_seconds: float
+    model_metadata: dict[str, Any]
+    infer_response: dict[str, Any]
+    expected_label: int
+    healthcheck_exit_code: int
+    env: dict[str, str]
+
+
+def expected_label() -> int:
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(DEFAULT_MODEL), providers=["CPUExecutionProvider"])
+    label = session.run(["label"], {"input": np.array([SAMPLE], dtype=np.float32)})[0]
+    return int(label[0])
+
+
+@contextmanager
+def serving(box: Container, info: ImageInfo, log_path: Path) -> Iterator[tuple[str, float]]:
+    """Start the image's own entrypoint; yield its URL and how long it took to become ready."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            box.run_args(info.command, env={"EDGE_HOST": "127.0.0.1", "EDGE_PORT": str(port)}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            with httpx.Client(trust_env=False, timeout=2.0) as client:
+                while True:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"the entrypoint exited with {process.returncode}: {log_path.read_text()}")
+                    if time.monotonic() - started > READY_TIMEOUT:
+                        raise TimeoutError(f"not ready after {READY_TIMEOUT}s: {log_path.read_text()}")
+                    try:
+                        if client.get(url + "/v2/health/ready").status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.2)
+            yield url, time.monotonic() - started
+        finally:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def probe(box: Container, code: str) -> str:
+    result = box.run(["python", "-c", code])
+    if result.returncode != 0:
+        raise RuntimeError(f"probe failed ({result.returncode}): {result.stderr}")
+    return result.stdout.strip()
+
+
+def smoke(ref: str, log_path: Path) -> SmokeResult:
+    info = inspect_image(ref)
+    with container(ref) as box:
+        store = box.rootfs / MODEL_STORE.lstrip("/")
+        baked = hashlib.sha256((box.rootfs / APP_MODEL).read_bytes()).hexdigest()
+        settings = probe(box, SETTINGS_PROBE)
+        non_edge = probe(box, EDGE_ONLY_PROBE)
+        with serving(box, info, log_path) as (url, ready_seconds), httpx.Client(trust_env=False, timeout=10) as client:
+            metadata = client.get(f"{url}/v2/models/wine").json()
+            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 13], "data": SAMPLE}]}
+            answer = client.post(f"{url}/v2/models/wine/infer", json=body)
+            answer.raise_for_status()
+            healthcheck = box.run(info.config["Healthcheck"]["Test"][1:], env={"EDGE_PORT": url.rsplit(":", 1)[1]})
+        return SmokeResult(
+            image=ref,
+            architecture=info.architecture,
+            size_bytes=info.size,
+            user=str(info.config.get("User", "")),
+            store_owner_uid=store.stat().st_uid,
+            baked_model_sha256=baked,
+            settings_in_container=settings,
+            non_edge_modules=non_edge,
+            ready_seconds=round(ready_seconds, 2),
+            model_metadata=metadata,
+            infer_response=answer.json(),
+            expected_label=expected_label(),
+            healthcheck_exit_code=healthcheck.returncode,
+            env=info.env,
+        )
+
+
+def problems(result: SmokeResult) -> list[str]:
+    """Every way the result falls short of the image contract (empty when the image is good)."""
+    found = []
+    uid = result.user.split(":")[0]
+    if not uid.isdigit() or uid == "0":
+        found.append(f"the image must run as a numeric non-root user, got {result.user!r}")
+    if str(result.store_owner_uid) != uid:
+        found.append(f"{MODEL_STORE} is owned by uid {result.store_owner_uid}, not the image user {uid}")
+    if result.baked_model_sha256 != hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest():
+        found.append("the baked-in default model differs from edge_module/default_model/model.onnx")
+    if result.settings_in_container != f"0.0.0.0 {MODEL_STORE}":
+        found.append(f"container defaults are host/store {result.settings_in_container!r}")
+    if result.non_edge_modules != "[]":
+        found.append(f"the image holds more than the edge runtime: {result.non_edge_modules}")
+    for key, value in {"EDGE_IN_CONTAINER": "1", "ORT_DISABLE_TELEMETRY": "1"}.items():
+        if result.env.get(key) != value:
+            found.append(f"{key} is {result.env.get(key)!r}, expected {value!r}")
+    if result.model_metadata.get("platform") != "onnxruntime_onnx":
+        found.append(f"unexpected model metadata: {result.model_metadata}")
+    outputs = {output["name"]: output["data"] for output in result.infer_response.get("outputs", [])}
+    if result.infer_response.get("model_name") != "wine" or outputs.get("label") != [result.expected_label]:
+        found.append(f"infer answered {result.infer_response}, expected label {result.expected_label}")
+    if result.healthcheck_exit_code != 0:
+        found.append(f"the image's HEALTHCHECK command exited {result.healthcheck_exit_code}")
+    return found
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        sys.stderr.write("usage: python -m tests.container.smoke IMAGE\n")
+        return 2
+    log_path = Path("/tmp") / f"edge-image-smoke-{free_port()}.log"
+    result = smoke(argv[0], log_path)
+    sys.stdout.write(json.dumps(asdict(result), indent=2) + "\n")
+    found = problems(result)
+    for problem in found:
+        sys.stderr.write(f"smoke: {problem}\n")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
