@@ -39,7 +39,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from edge_module.logs import configure_logging
-    from edge_module.server import run
+    from edge_module.server import Service, run
     from edge_module.settings import Settings
 
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
@@ -53,7 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         logging.getLogger("edge_module").error("model file(s) not found: %s", ", ".join(missing))
         return 2
-    run(settings, dict(args.model))
+    from edge_module.twin import edge_environment, iot_edge_service
+
+    services: tuple[Service, ...] = ()
+    if edge_environment():
+        services = (iot_edge_service,)
+    else:
+        logging.getLogger("edge_module").info("no IoT Edge environment: standalone mode, no twin")
+    run(settings, dict(args.model), services)
     return 0
 
 

@@ -33,5 +33,5 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("azure.iot.device", "paho", "uvicorn.error"):
+    for noisy in ("azure.iot.device", "paho", "uvicorn.error", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

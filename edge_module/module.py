@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
@@ -43,9 +44,17 @@ class EdgeModule:
     app: ASGIApp
     extra_models: dict[str, Path] = field(default_factory=dict)
     startup_errors: dict[str, str] = field(default_factory=dict)
+    # Set once start() has served what it could; the twin applies desired releases only after it.
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         """Serve what the store holds, then any ``--model`` files, then the default model if nothing else."""
+        try:
+            await self._start()
+        finally:
+            self.started.set()
+
+    async def _start(self) -> None:
         self.store.open()
         self.startup_errors.update(await self.manager.restore())
         for name, path in self.extra_models.items():

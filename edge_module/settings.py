@@ -50,6 +50,18 @@ class Settings(BaseSettings):
     inline_threshold_ms: float = Field(default=1.0, ge=0)
     inference_workers: int = Field(default=2, ge=1)
 
+    # Module twin (IoT Edge only). Connecting retries with backoff up to connect_backoff_max seconds;
+    # after a drop the SDK reconnects every reconnect_interval seconds.
+    connect_backoff_max: float = Field(default=60.0, gt=0)
+    reconnect_interval: int = Field(default=10, ge=1)
+    # Bounds every twin, message and method call: the SDK's own calls have no timeout.
+    hub_call_timeout: float = Field(default=30.0, gt=0)
+    download_timeout: float = Field(default=60.0, gt=0)
+    download_attempts: int = Field(default=5, ge=1, le=100)
+    download_backoff: float = Field(default=1.0, ge=0)
+    # A release that failed for a transient reason (network) is tried again after this many seconds.
+    update_retry_interval: float = Field(default=300.0, gt=0)
+
     log_level: str = "INFO"
     access_log: bool = False
 

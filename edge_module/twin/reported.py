@@ -1,0 +1,86 @@
+"""Reported properties: what the module tells the hub, kept here and sent as coalesced patches.
+
+Changes accumulate in one pending patch; the reporter sends it whenever the hub is reachable, so a
+status reached offline is reported after the reconnect, and a burst of steps costs one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Any
+
+MAX_ERROR_CHARS = 512
+STATES = ("downloading", "verifying", "loading", "active", "failed", "removed")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _bounded(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_ERROR_CHARS:
+        return text
+    return text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+class ReportedState:
+    def __init__(self) -> None:
+        self._models: dict[str, dict[str, Any]] = {}
+        self._pending: dict[str, Any] = {}
+        self.changed = asyncio.Event()
+
+    def model(self, name: str) -> dict[str, Any] | None:
+        block = self._models.get(name)
+        return dict(block) if block is not None else None
+
+    def set_model(
+        self,
+        name: str,
+        state: str,
+        desired_version: str | None,
+        active_version: str | None,
+        sha256: str | None,
+        error: str | None = None,
+    ) -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        # Every field is always sent (None clears it in the twin), so a block never mixes two updates.
+        block = {
+            "state": state,
+            "desiredVersion": desired_version,
+            "activeVersion": active_version,
+            "sha256": sha256,
+            "error": _bounded(error),
+            "updatedAt": utc_now(),
+        }
+        self._models[name] = block
+        self._pending.setdefault("models", {})[name] = block
+        self.changed.set()
+
+    def set_desired_status(self, version: int | None, code: int, description: str) -> None:
+        status = {"code": code, "description": _bounded(description)}
+        if version is not None:
+            self._pending["lastDesiredVersion"] = version
+        self._pending["lastDesiredStatus"] = status
+        self.changed.set()
+
+    def take(self) -> dict[str, Any]:
+        """The pending patch, now owned by the caller; ``restore`` it if sending fails."""
+        patch, self._pending = self._pending, {}
+        return patch
+
+    def restore(self, patch: dict[str, Any]) -> None:
+        """Put back a patch that was not delivered, under anything newer that arrived since."""
+        newer = self._pending
+        merged = {**patch, **{k: v for k, v in newer.items() if k != "models"}}
+        models = {**patch.get("models", {}), **newer.get("models", {})}
+        if models:
+            merged["models"] = models
+        self._pending = merged
+        if merged:
+            self.changed.set()
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
