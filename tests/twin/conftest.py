@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.iothub import EmulatedHub, MosquittoBroker, WorkloadAPI
+from tests.support.iothub import EmulatedHub, MosquittoBroker, WorkloadAPI, dev_mode_env
 from tests.support.server import ModuleProcess
 from tests.twin.release_server import ReleaseServer
 
@@ -79,9 +79,16 @@ def start_edge(
         broker_up: bool = True,
         wait_ready: bool = True,
         env: dict[str, str] | None = None,
+        dev_mode: bool = False,
     ) -> Edge:
         hub = EmulatedHub(broker, desired=desired)
-        module_env = {**FAST_SETTINGS, **workload.module_env(hub.device_id, hub.module_id), **(env or {})}
+        if dev_mode:
+            ca_file = tmp_path / "edgehub-ca.pem"
+            ca_file.write_text(broker.ca_pem)
+            connection_env = dev_mode_env(hub.device_id, hub.module_id, ca_file)
+        else:
+            connection_env = workload.module_env(hub.device_id, hub.module_id)
+        module_env = {**FAST_SETTINGS, **connection_env, **(env or {})}
         module = ModuleProcess(model_dir, env=module_env)
         if broker_up:
             broker.start()

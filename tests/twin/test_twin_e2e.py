@@ -173,3 +173,80 @@ def test_a_patch_missed_while_disconnected_is_applied_after_reconnect(
     edge.hub.wait_model_state("iris", "active", activeVersion="2", timeout=90)
     assert edge.hub.wait_reported(lambda r: r.get("lastDesiredVersion") == version)["lastDesiredStatus"]["code"] == 200
     assert edge.infer_version("iris", IRIS_ROWS) == "2"
+
+
+def test_input_messages_round_trip_and_direct_methods_work(start_edge: EdgeFactory, releases: ReleaseServer) -> None:
+    iris = iris_classifier("1")
+    v1 = releases.release("iris", "1", iris.onnx)
+    edge = start_edge(desired={"models": {"iris": v1}})
+    edge.hub.wait_model_state("iris", "active", activeVersion="1")
+
+    features = dict(zip(iris.feature_names, map(float, iris.x_test[0]), strict=True))
+    expected = int(iris.estimator.predict(iris.x_test[:1])[0])
+    edge.hub.send_input(features, properties={"model": "iris", "site": "north plant"}, message_id="m-1")
+    reply = edge.hub.wait_output("predictions", lambda m: m.properties.get("$.cid") == "m-1")
+    assert reply.properties["site"] == "north plant"
+    body = reply.json()
+    assert body["model_name"] == "iris" and body["model_version"] == "1"
+    labels = next(o for o in body["outputs"] if o["name"] == "label")
+    assert labels["data"] == [expected]
+
+    # A list of rows, with the model taken as the default (the only one served).
+    edge.hub.send_input([features, features], message_id="m-2")
+    reply = edge.hub.wait_output("predictions", lambda m: m.properties.get("$.cid") == "m-2")
+    assert next(o for o in reply.json()["outputs"] if o["name"] == "label")["shape"] == [2]
+
+    # A V2 inference request as the body.
+    edge.hub.send_input(v2_request(iris.x_test[:3]), properties={"model": "iris"}, message_id="m-3")
+    reply = edge.hub.wait_output("predictions", lambda m: m.properties.get("$.cid") == "m-3")
+    assert next(o for o in reply.json()["outputs"] if o["name"] == "label")["shape"] == [3]
+
+    bad = {
+        "m-bad-json": (b"{not json", "not JSON"),
+        "m-missing": ({"petal width (cm)": 1.0}, "lacks feature"),
+        "m-type": ({**features, "petal width (cm)": "wide"}, "must be a number"),
+        "m-unknown-model": (features, "unknown model"),
+    }
+    for message_id, (payload, _) in bad.items():
+        props = {"model": "nope"} if message_id == "m-unknown-model" else {"model": "iris"}
+        edge.hub.send_input(payload, properties=props, message_id=message_id)
+    for message_id, (_, reason) in bad.items():
+        error = edge.hub.wait_output("errors", lambda m, mid=message_id: m.properties.get("$.cid") == mid)
+        assert reason in error.json()["error"], (message_id, error.json())
+    # After all that, the module still answers.
+    assert edge.infer_version("iris", IRIS_ROWS) == "1"
+
+    status, pong = edge.hub.invoke_method("ping")
+    assert status == 200 and pong["pong"] is True
+    status, unknown = edge.hub.invoke_method("reboot", {})
+    assert status == 404 and "unknown method" in unknown["error"]
+
+    v2 = releases.release("iris", "2", iris_classifier("2").onnx)
+    edge.hub.patch_desired({"models": {"iris": v2}})
+    edge.hub.wait_model_state("iris", "active", activeVersion="2")
+    status, report = edge.hub.invoke_method("getModelStatus")
+    assert status == 200
+    iris_status = report["models"]["iris"]
+    assert iris_status["activeVersion"] == "2" and iris_status["sha256"] == v2["sha256"]
+    assert iris_status["stored"]["lastKnownGood"] == "1" and iris_status["loaded"] is True
+
+    status, rolled = edge.hub.invoke_method("rollback", {"model": "iris"})
+    assert status == 200 and rolled["activeVersion"] == "1" and rolled["previousVersion"] == "2"
+    assert edge.infer_version("iris", IRIS_ROWS) == "1"
+    block = edge.hub.wait_model_state("iris", "active", activeVersion="1")
+    assert block["desiredVersion"] == "2"
+    status, missing = edge.hub.invoke_method("rollback", {"model": "ghost"})
+    assert status == 404, missing
+    status, _ = edge.hub.invoke_method("rollback", {})
+    assert status == 400
+
+
+def test_dev_mode_connection_string_and_removal_by_null(start_edge: EdgeFactory, releases: ReleaseServer) -> None:
+    v1 = releases.release("iris", "1", iris_classifier("1").onnx)
+    # IoT Edge dev mode (EdgeHubConnectionString + CA file) instead of the workload API.
+    edge = start_edge(desired={"models": {"iris": v1}}, dev_mode=True)
+    edge.hub.wait_model_state("iris", "active", activeVersion="1")
+    edge.hub.patch_desired({"models": {"iris": None}})
+    edge.hub.wait_model_state("iris", "removed")
+    response = httpx.post(f"{edge.module.url}/v2/models/iris/infer", json=v2_request(IRIS_ROWS), timeout=10)
+    assert response.status_code == 404
