@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or default_name(args.data)
     out_dir = args.out or Path("runs") / name
     try:
+        if args.azure:  # fail before training, not after
+            from cloud.azureml import workspace_from_environment
+
+            workspace_from_environment()
         tags = dict(_pair(tag) for tag in args.tag)
         dataset = workflow.load_data(args.data, target=args.target, task=args.task, drop=tuple(args.drop))
         _print_data(dataset.report.to_dict())

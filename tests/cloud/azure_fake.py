@@ -88,7 +88,7 @@ class FakeAzure:
         for method, pattern, reply in self.routes:
             if method == recorded.method and pattern.search(recorded.path):
                 return reply(recorded)
-        return 404, {"error": {"code": "NotFound", "message": f"no canned reply for {method} {url}"}}, {}
+        return 404, {"error": {"code": "NotFound", "message": f"no canned reply for {recorded.method} {url}"}}, {}
 
     def summary(self) -> list[tuple[str, str]]:
         return [(r.method, _short(r)) for r in self.requests]
@@ -120,7 +120,14 @@ class FakeAzure:
             if request.path not in self.blobs:
                 return 404, b"", {"x-ms-error-code": "BlobNotFound"}
             data = self.blobs[request.path]
-            return 200, data, {"Content-Length": str(len(data)), "Content-Type": "application/octet-stream"}
+            headers = {"Content-Type": "application/octet-stream", "ETag": '"0x1"'}
+            wanted = request.headers.get("x-ms-range") or request.headers.get("Range")
+            if not wanted:
+                return 200, data, headers
+            start, end = (int(v) for v in wanted.removeprefix("bytes=").split("-"))
+            part = data[start : min(end, len(data) - 1) + 1]
+            headers["Content-Range"] = f"bytes {start}-{start + len(part) - 1}/{len(data)}"
+            return 206, part, headers
 
         host = rf"^https://{ACCOUNT}\.blob\.core\.windows\.net/"
         self.route("HEAD", host, head)
@@ -249,3 +256,100 @@ def add_workspace_routes(fake: FakeAzure, models: dict[str, list[dict[str, Any]]
 
     fake.route("GET", base + r"/models/[^/]+/versions$", latest)
     fake.route("PUT", base + r"/models/[^/]+/versions/[^/]+$", put_version)
+
+
+TENANT = "11111111-1111-1111-1111-111111111111"
+CLIENT_ID = "22222222-2222-2222-2222-222222222222"
+
+
+def add_login_routes(fake: FakeAzure, tenant: str = TENANT) -> None:
+    """Canned Entra ID replies, so DefaultAzureCredential's EnvironmentCredential (client secret) gets a token."""
+    authority = f"https://login.microsoftonline.com/{tenant}"
+
+    def openid(request: Recorded) -> Reply:
+        return (
+            200,
+            {
+                "token_endpoint": f"{authority}/oauth2/v2.0/token",
+                "authorization_endpoint": f"{authority}/oauth2/v2.0/authorize",
+                "issuer": f"{authority}/v2.0",
+                "device_authorization_endpoint": f"{authority}/oauth2/v2.0/devicecode",
+            },
+            {},
+        )
+
+    def token(request: Recorded) -> Reply:
+        return 200, {"token_type": "Bearer", "expires_in": 3600, "access_token": "env-credential-token"}, {}
+
+    fake.route("GET", r"^https://login\.microsoftonline\.com/.+/openid-configuration$", openid)
+    fake.route(
+        "GET",
+        r"^https://login\.microsoftonline\.com/common/discovery/instance$",
+        lambda r: (
+            200,
+            {"tenant_discovery_endpoint": f"{authority}/v2.0/.well-known/openid-configuration", "metadata": []},
+            {},
+        ),
+    )
+    fake.route("POST", r"^https://login\.microsoftonline\.com/.+/oauth2/v2\.0/token$", token)
+
+
+def add_job_routes(fake: FakeAzure, jobs: dict[str, dict[str, Any]] | None = None) -> None:
+    """Canned replies for a job submission: code asset lookup and version, environment version, job PUT."""
+    jobs = jobs if jobs is not None else {}
+    base = re.escape(WORKSPACE_PATH)
+
+    def put_asset(kind: str) -> Callable[[Recorded], Reply]:
+        def reply(request: Recorded) -> Reply:
+            name, version = re.findall(rf"/{kind}/([^/]+)/versions/([^/?]+)$", request.path)[0]
+            return (
+                201,
+                {
+                    "id": f"{WORKSPACE_PATH}/{kind}/{name}/versions/{version}",
+                    "name": version,
+                    "properties": request.json()["properties"],
+                    "systemData": {"createdAt": "2026-11-27T05:00:00Z"},
+                },
+                {},
+            )
+
+        return reply
+
+    def put_job(request: Recorded) -> Reply:
+        name = request.path.rsplit("/", 1)[1]
+        body = request.json()
+        body["properties"]["status"] = "NotStarted"
+        body["properties"]["services"] = {"Studio": {"endpoint": f"https://ml.azure.com/runs/{name}"}}
+        jobs[name] = body
+        return (
+            201,
+            {
+                "id": f"{WORKSPACE_PATH}/jobs/{name}",
+                "name": name,
+                "properties": body["properties"],
+                "systemData": {"createdAt": "2026-11-27T05:00:00Z"},
+            },
+            {},
+        )
+
+    def start_pending_upload(request: Recorded) -> Reply:
+        name = re.findall(r"/codes/([^/]+)/versions/", request.path)[0]
+        blob = f"https://{ACCOUNT}.blob.core.windows.net/{CONTAINER}/code/{name}"
+        return (
+            200,
+            {
+                "blobReferenceForConsumption": {
+                    "blobUri": blob,
+                    "credential": {"credentialType": "SAS", "sasUri": f"{blob}?sv=2021-10-04&sr=c&sp=rcw&sig=c2ln"},
+                },
+                "pendingUploadId": name,
+                "pendingUploadType": "TemporaryBlobReference",
+            },
+            {},
+        )
+
+    fake.route("GET", base + r"/codes/[^/]+/versions$", lambda r: (200, {"value": []}, {}))
+    fake.route("POST", base + r"/codes/[^/]+/versions/[^/]+/startPendingUpload$", start_pending_upload)
+    fake.route("PUT", base + r"/codes/[^/]+/versions/[^/]+$", put_asset("codes"))
+    fake.route("PUT", base + r"/environments/[^/]+/versions/[^/]+$", put_asset("environments"))
+    fake.route("PUT", base + r"/jobs/[^/]+$", put_job)
