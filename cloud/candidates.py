@@ -22,6 +22,9 @@ class Candidate:
     build: Callable[[int], Any]  # seed -> unfitted estimator
     # Search space over the estimator's parameters (without the step prefix); lists are sampled uniformly.
     space: dict[str, list[Any]]
+    # Trees do not need scaling, and must not get it: sklearn scales in float64, ONNX in float32, and a value
+    # that lands on the other side of a split threshold changes the prediction (the parity gate caught this).
+    scale: bool = True
 
 
 def _logistic(seed: int) -> Any:
@@ -93,12 +96,14 @@ CANDIDATES: tuple[Candidate, ...] = (
         "classification",
         _forest_classifier,
         {"n_estimators": [25, 50, 100], "max_depth": [None, 4, 8, 16], "min_samples_leaf": [1, 2, 5]},
+        scale=False,
     ),
     Candidate(
         "gradient_boosting",
         "classification",
         _boosting_classifier,
         {"n_estimators": [25, 50, 100], "learning_rate": [0.03, 0.1, 0.3], "max_depth": [2, 3, 4]},
+        scale=False,
     ),
     Candidate(
         "mlp",
@@ -112,12 +117,14 @@ CANDIDATES: tuple[Candidate, ...] = (
         "regression",
         _forest_regressor,
         {"n_estimators": [25, 50, 100], "max_depth": [None, 4, 8, 16], "min_samples_leaf": [1, 2, 5]},
+        scale=False,
     ),
     Candidate(
         "gradient_boosting",
         "regression",
         _boosting_regressor,
         {"n_estimators": [25, 50, 100], "learning_rate": [0.03, 0.1, 0.3], "max_depth": [2, 3, 4]},
+        scale=False,
     ),
     Candidate(
         "mlp",
@@ -154,7 +161,10 @@ def build_pipeline(candidate: Candidate, schema: tuple[Feature, ...], seed: int)
     strings = [f.name for f in schema if f.type == "string"]
     parts: list[tuple[str, Any, list[str]]] = []
     if numeric:
-        numeric_steps = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+        steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
+        if candidate.scale:
+            steps.append(("scale", StandardScaler()))
+        numeric_steps = Pipeline(steps)
         parts.append(("numeric", numeric_steps, numeric))
     if strings:
         parts.append(("strings", OneHotEncoder(handle_unknown="ignore", sparse_output=False), strings))
