@@ -25,6 +25,7 @@ class ReleaseServer:
     def __init__(self) -> None:
         self.files: dict[str, Served] = {}
         self.down = False  # the network is gone: connections close at once
+        self.refused = threading.Semaphore(0)  # released once per connection refused while down
         self.stalled = threading.Event()
         self.release_stall = threading.Event()
         server = self
@@ -38,6 +39,7 @@ class ReleaseServer:
             def do_GET(self) -> None:
                 if server.down:
                     self.close_connection = True
+                    server.refused.release()
                     return
                 served = server.files.get(self.path.split("?")[0])
                 if served is None:
