@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from edge_module import __version__
-from edge_module.codec import InferRequest, decode_request, encode_response
+from edge_module.batching import Batcher, BatchPolicy
+from edge_module.codec import decode_request, encode_response
 from edge_module.errors import EdgeError, InferenceError, InvalidInput
 from edge_module.repository import ModelRepository
 from edge_module.runtime import OnnxModel
@@ -38,10 +40,17 @@ _TRITON_TYPES = {
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, stats: InferenceStats, inference_workers: int = 2) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        stats: InferenceStats,
+        inference_workers: int = 2,
+        batching: BatchPolicy | None = None,
+    ) -> None:
         self.repository = repository
         self.stats = stats
         self._executor = ThreadPoolExecutor(max_workers=inference_workers, thread_name_prefix="infer")
+        self.batcher = Batcher(batching or BatchPolicy(), self._execute)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -126,7 +135,7 @@ class DataPlane:
             request = decode_request(body, header_length, model)
             model.validate(request.inputs)
             decoded = time.perf_counter_ns()
-            results = await self._run(model, request)
+            results, queued, executions = await self._run(model, request.inputs, request.outputs)
             ran = time.perf_counter_ns()
             encoded = encode_response(name, model.version, results, request)
         except EdgeError:
@@ -134,7 +143,9 @@ class DataPlane:
             raise
         finished = time.perf_counter_ns()
         batch = _batch_size(request.inputs)
-        stats.record_success(batch, 0, decoded - started, ran - decoded, finished - ran, finished - started)
+        stats.record_success(
+            batch, queued, decoded - started, ran - decoded - queued, finished - ran, finished - started, executions
+        )
         return encoded
 
     async def infer_arrays(
@@ -146,25 +157,37 @@ class DataPlane:
         stats = self.stats.for_version(name, model.version)
         try:
             model.validate(inputs)
-            results = await self._run(model, InferRequest(inputs=inputs))
+            results, queued, executions = await self._run(model, inputs, ())
         except EdgeError:
             stats.record_failure(time.perf_counter_ns() - started)
             raise
         elapsed = time.perf_counter_ns() - started
-        stats.record_success(_batch_size(inputs), 0, 0, elapsed, 0, elapsed)
+        stats.record_success(_batch_size(inputs), queued, 0, elapsed - queued, 0, elapsed, executions)
         return model, results
 
-    async def _run(self, model: OnnxModel, request: InferRequest) -> dict[str, np.ndarray]:
-        output_names = [name for name, _ in request.outputs] or None
+    async def _run(
+        self, model: OnnxModel, inputs: dict[str, np.ndarray], outputs: Sequence[tuple[str, bool]]
+    ) -> tuple[dict[str, np.ndarray], int, int]:
+        """Outputs, nanoseconds queued for a batch, and executions to count (0 when another request counted it)."""
         try:
-            if model.runs_inline:
-                return model.run(request.inputs, output_names)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, model.run, request.inputs, output_names)
+            if self.batcher.applies_to(model):
+                results, queued, counted = await self.batcher.run(model, inputs)
+                return results, queued, int(counted)
+            return await self._execute(model, inputs, [name for name, _ in outputs] or None), 0, 1
+        except EdgeError:
+            raise
         except Exception as exc:  # onnxruntime's errors are not a stable API
             if type(exc).__name__ in ("InvalidArgument", "InvalidGraph"):
                 raise InvalidInput(f"model '{model.name}' rejected the input: {exc}") from exc
             raise InferenceError(f"model '{model.name}' version {model.version} failed to run: {exc}") from exc
+
+    async def _execute(
+        self, model: OnnxModel, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        if model.runs_inline:
+            return model.run(inputs, output_names)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, model.run, inputs, output_names)
 
 
 def _batch_size(inputs: dict[str, np.ndarray]) -> int:

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from edge_module.batching import BatchPolicy
 from edge_module.dataplane import DataPlane
 from edge_module.errors import EdgeError
 from edge_module.manager import ModelManager
@@ -85,7 +86,8 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
         intra_op_threads=settings.ort_intra_op_threads, inline_threshold_ms=settings.inline_threshold_ms
     )
     manager = ModelManager(store, repository, config, settings.max_model_bytes)
-    dataplane = DataPlane(repository, stats, settings.inference_workers)
+    batching = BatchPolicy(max_size=settings.batch_max_size, max_delay_ms=settings.batch_max_delay_ms)
+    dataplane = DataPlane(repository, stats, settings.inference_workers, batching)
     app = create_app(
         dataplane,
         manager,

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     access_log: bool = False
 
+    # Dynamic batching, per model unless overridden: rows per merged run (1 = off) and how long a
+    # partial batch may wait for batch-mates. A lone request on an idle model never waits.
+    batch_max_size: int = Field(default=1, ge=1, le=4096)
+    batch_max_delay_ms: float = Field(default=0.0, ge=0, le=1000)
+
     @field_validator("admin_token", "api_token")
     @classmethod
     def _reject_placeholder_tokens(cls, value: str | None) -> str | None:

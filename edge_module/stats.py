@@ -19,7 +19,14 @@ class VersionStats:
         self.last_inference_ms = 0
 
     def record_success(
-        self, batch: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int, total_ns: int
+        self,
+        batch: int,
+        queue_ns: int,
+        input_ns: int,
+        infer_ns: int,
+        output_ns: int,
+        total_ns: int,
+        executions: int = 1,  # 0 for a request that rode in a merged (batched) run counted by another
     ) -> None:
         counts, nanos = self.counts, self.nanos
         counts["success"] += 1
@@ -33,7 +40,7 @@ class VersionStats:
         counts["compute_output"] += 1
         nanos["compute_output"] += output_ns
         self.inference_count += batch
-        self.execution_count += 1
+        self.execution_count += executions
         self.last_inference_ms = int(time.time() * 1000)
 
     def record_failure(self, total_ns: int) -> None:
