@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import random
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -87,6 +88,9 @@ class HubConnection:
     async def _create(self) -> Any:
         from azure.iot.device.aio import IoTHubModuleClient
 
+        # The SDK's transport uses ssl.PROTOCOL_TLSv1_2 (deprecated); that one warning is not ours to fix.
+        warnings.filterwarnings("ignore", message=r"ssl\.PROTOCOL_TLS", category=DeprecationWarning)
+
         # Reads the workload API over HTTP without a timeout: bound it, off the loop.
         return await asyncio.wait_for(
             asyncio.to_thread(
@@ -145,7 +149,8 @@ class HubConnection:
         if self._client is None:
             return
         try:
-            await asyncio.wait_for(self._client.shutdown(), self.call_timeout)
+            # IoT Edge gives a stopping module about 10 s before SIGKILL.
+            await asyncio.wait_for(self._client.shutdown(), min(self.call_timeout, 5.0))
         except Exception as exc:  # shutting down: nothing more to do about it
             log.info("IoT SDK shutdown: %s: %s", type(exc).__name__, exc)
         self._client = None

@@ -92,7 +92,9 @@ def test_bad_releases_fail_with_a_reason_and_the_old_version_keeps_serving(
     good = iris_classifier("1").onnx
     other = iris_classifier("2").onnx
     v1 = releases.release("iris", "1", good, key=key)
-    edge = start_edge(desired={"models": {"iris": v1}}, env={"EDGE_TRUSTED_KEYS": str(keys_file)})
+    # Two download attempts: the unreachable and truncated cases fail fast.
+    env = {"EDGE_TRUSTED_KEYS": str(keys_file), "EDGE_DOWNLOAD_ATTEMPTS": "2"}
+    edge = start_edge(desired={"models": {"iris": v1}}, env=env)
     edge.hub.wait_model_state("iris", "active", activeVersion="1")
 
     wrong_key = Ed25519PrivateKey.generate()
