@@ -78,7 +78,7 @@ class MessageRouter:
             content_type="application/json",
         )
         reply.correlation_id = message.message_id or message.correlation_id
-        reply.custom_properties = {str(k): str(v) for k, v in properties.items()}
+        reply.custom_properties = {str(k): "" if v is None else str(v) for k, v in properties.items()}
         return output, reply
 
     async def _predict(self, message: Any, properties: dict[str, Any]) -> dict[str, Any]:

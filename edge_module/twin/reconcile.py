@@ -99,8 +99,13 @@ class Reconciler:
 
     def _reject(self, name: str, message: str) -> None:
         self._invalid[name] = message
+        running = self._tasks.get(name)
+        if running is not None and not running.done():
+            running.cancel()  # the release it was applying is no longer desired
+        self._targets.pop(name, None)
         log.error("desired release for %s is invalid: %s", name, message)
-        version = self._desired.get(name, {}).get("version") if isinstance(self._desired.get(name), dict) else None
+        block = self._desired.get(name)
+        version = block.get("version") if isinstance(block, dict) else None
         served = self.updater.manager.repository.served(name)
         self.reported.set_model(
             name,

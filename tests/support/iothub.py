@@ -212,6 +212,9 @@ class MosquittoBroker:
             self._acquire_port()
         if self._process is not None:
             return self
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", SDK_PORT)) == 0:
+                raise RuntimeError(f"port {SDK_PORT} is taken by a process outside the tests (a mosquitto service?)")
         self._process = subprocess.Popen(
             [self.binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
