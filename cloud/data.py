@@ -20,7 +20,7 @@ from cloud.errors import DataError
 from edge_module.model_contract import Feature
 
 SKLEARN_PREFIX = "sklearn:"
-SKLEARN_DATASETS = ("iris", "wine", "breast_cancer", "diabetes", "digits", "linnerud")
+SKLEARN_DATASETS = ("iris", "wine", "breast_cancer", "diabetes", "digits")
 MISSING_STRING = ""
 MAX_CLASSES = 50
 ID_NAMES = ("id", "uuid", "guid", "index", "key")

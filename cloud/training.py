@@ -148,10 +148,12 @@ def _search(
     bar: Any,
 ) -> tuple[Any, dict[str, Any], float, int]:
     from sklearn.base import clone
-    from sklearn.model_selection import ParameterSampler
+    from sklearn.model_selection import ParameterGrid, ParameterSampler
 
     template = build_pipeline(candidate, dataset.schema, seed)
-    settings = list(ParameterSampler(candidate.space, n_iter=budget.trials, random_state=seed))
+    # A small space is searched exhaustively (sampling more than it holds is pointless).
+    trials = min(budget.trials, len(ParameterGrid(candidate.space)))
+    settings = list(ParameterSampler(candidate.space, n_iter=trials, random_state=seed))
     best_score, best_params, tried = -np.inf, settings[0], 0
     for params in settings:
         if deadline is not None and tried > 0 and time.monotonic() > deadline:
@@ -162,7 +164,7 @@ def _search(
         bar.update(1)
         if score > best_score:
             best_score, best_params = score, params
-    bar.update(len(settings) - tried)
+    bar.update(budget.trials - tried)
     final = clone(template).set_params(**{f"{ESTIMATOR_STEP}__{k}": v for k, v in best_params.items()})
     _fit(final, x, y)
     return final, best_params, float(best_score), tried
