@@ -86,13 +86,22 @@ class BlobPublisher:
     7 days, too short for devices that stay offline for weeks.
     """
 
-    def __init__(self, connection_string: str, container: str, prefix: str = "", sas_days: int = DEFAULT_SAS_DAYS):
+    def __init__(
+        self,
+        connection_string: str,
+        container: str,
+        prefix: str = "",
+        sas_days: int = DEFAULT_SAS_DAYS,
+        retries: int = 3,
+    ) -> None:
         if not 1 <= sas_days <= MAX_SAS_DAYS:
             raise PublishError(f"SAS expiry must be 1-{MAX_SAS_DAYS} days, got {sas_days}")
         self.connection_string = connection_string
         self.container = container
         self.prefix = prefix.strip("/")
         self.sas_days = sas_days
+        # The SDK's default (10 retries, exponential backoff) keeps a CLI waiting for minutes on a dead endpoint.
+        self.retries = retries
 
     def publish(self, name: str, version: str, source: Path, sha256: str) -> Published:
         from azure.core.exceptions import AzureError, ResourceExistsError
@@ -100,7 +109,9 @@ class BlobPublisher:
 
         blob_name = f"{self.prefix}/{object_path(name, version)}" if self.prefix else object_path(name, version)
         try:
-            service = BlobServiceClient.from_connection_string(self.connection_string)
+            service = BlobServiceClient.from_connection_string(
+                self.connection_string, retry_total=self.retries, connection_timeout=20
+            )
         except ValueError:
             raise PublishError("the storage connection string is malformed") from None
         account_key = service.credential.account_key if service.credential is not None else None
