@@ -144,6 +144,9 @@ def load_dataset(
     frame = read_table(source)
     if target is None:
         target = default_target(source, task)
+    if target is None and source.startswith(SKLEARN_PREFIX):
+        # Clustering a labelled dataset: the label must not leak in as a feature.
+        drop = (*drop, "target")
     return prepare(frame, source=source, target=target, task=task, drop=drop)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from cloud.candidates import candidates_for
 from cloud.evaluation import selection_metric
+from cloud.training import search_label
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CODE_PARTS = ("cloud", "edge_module", "pyproject.toml", "README.md")
@@ -129,7 +130,7 @@ def command_node(spec: JobSpec, code: Path) -> Any:
 
 def sweep_node(spec: JobSpec, code: Path) -> Any:
     """A sweep over the candidate algorithms; each trial searches its own hyperparameters with CV and
-    logs the selection metric through MLflow, which the sweep ranks."""
+    logs its cross-validated selection metric (``cv_<metric>``) through MLflow, which the sweep ranks."""
     from azure.ai.ml import Input
     from azure.ai.ml.sweep import Choice
 
@@ -140,7 +141,7 @@ def sweep_node(spec: JobSpec, code: Path) -> Any:
         overrides["data"] = Input(type="uri_file", path=spec.data)
     trial = command_node(spec, code)(**overrides)
     sweep = trial.sweep(
-        primary_metric=metric.name,
+        primary_metric=f"{search_label(spec.task)}_{metric.name}",
         goal="maximize" if metric.higher_is_better else "minimize",
         sampling_algorithm="random",
         compute=spec.compute,

@@ -16,6 +16,8 @@ def log_metrics(metrics: dict[str, Any], params: dict[str, Any]) -> bool:
     if not os.environ.get("MLFLOW_TRACKING_URI") or importlib.util.find_spec("mlflow") is None:
         return False
     mlflow = importlib.import_module("mlflow")
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+    mlflow.log_metrics(
+        {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    )
     mlflow.log_params({k: str(v) for k, v in params.items()})
     return True

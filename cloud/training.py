@@ -52,8 +52,7 @@ class TrainingRun:
         return max(self.results, key=lambda r: r.cv_score)
 
     def _search_label(self) -> str:
-        # Supervised candidates are ranked by cross-validation; clusterings by their fit on the training split.
-        return "train" if self.dataset.task == "clustering" else "cv"
+        return search_label(self.dataset.task)
 
     def comparison(self) -> list[dict[str, Any]]:
         """One row per candidate, best first: the comparison table (console and JSON)."""
@@ -73,6 +72,12 @@ class TrainingRun:
                 }
             )
         return rows
+
+
+def search_label(task: str) -> str:
+    """Prefix of the search score: supervised candidates are ranked by cross-validation, clusterings by
+    their fit on the training split. ``cv_f1_macro`` is also what a sweep job's trials log and rank by."""
+    return "train" if task == "clustering" else "cv"
 
 
 def split(dataset: Dataset, test_size: float, seed: int) -> tuple[Any, Any, Any, Any]:

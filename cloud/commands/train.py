@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
             azure = AzureMLRegistry.from_environment().register_entry(entry)
             sys.stdout.write(f"registered in Azure ML: {azure.name} version {azure.version}\n")
         sys.stdout.write(f"report: {outcome.report['report.md']}\n")
-        log_metrics(outcome.run.best.metrics, {"algorithm": outcome.run.best.name, **outcome.run.best.params})
+        best_row = outcome.run.comparison()[0]  # holdout metrics and the search score (e.g. cv_f1_macro)
+        log_metrics(best_row, {"algorithm": outcome.run.best.name, **outcome.run.best.params})
         return 0
     except CloudError as error:
         sys.stderr.write(f"error: {error.message}\n")

@@ -191,7 +191,7 @@ def test_submit_dry_run_prints_yaml_that_load_job_reads(
             "gradient_boosting",
             "mlp",
         ]
-        assert (job.objective.primary_metric, job.objective.goal) == ("f1_macro", "maximize")
+        assert (job.objective.primary_metric, job.objective.goal) == ("cv_f1_macro", "maximize")
     else:
         assert job.type == "command"
 
@@ -227,7 +227,7 @@ def test_submit_uploads_code_creates_environment_and_puts_the_job(
     assert job["experimentName"] == "edge-inference"
     if sweep:
         assert job["jobType"] == "Sweep"
-        assert job["objective"] == {"goal": "minimize", "primaryMetric": "mae"}
+        assert job["objective"] == {"goal": "minimize", "primaryMetric": "cv_mae"}
         assert job["searchSpace"]["algorithm"][0] == "choice"
         trial = job["trial"]
     else:

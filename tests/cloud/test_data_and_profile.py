@@ -36,7 +36,9 @@ def test_task_inference() -> None:
     assert infer_task(pd.Series(["a", "b"] * 10)) == "classification"
     assert infer_task(pd.Series([0, 1, 2] * 20)) == "classification"
     assert infer_task(pd.Series(np.linspace(0, 1, 60))) == "regression"
-    assert load_dataset("sklearn:iris", task="clustering").target is None
+    clustering = load_dataset("sklearn:iris", task="clustering")
+    assert clustering.target is None
+    assert "target" not in clustering.features.columns and len(clustering.schema) == 4
 
 
 @pytest.mark.parametrize(

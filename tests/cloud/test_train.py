@@ -96,6 +96,7 @@ def test_sklearn_datasets_end_to_end(
 
     metadata = metadata_of(entry.path)
     assert (metadata.name, metadata.version, metadata.task) == (name, "1", task)
+    assert "target" not in metadata.feature_names  # the label never leaks in as a feature
     assert metadata.allow_missing is True
     assert metadata.libraries["scikit-learn"]
     assert_profile(
