@@ -48,3 +48,7 @@ def registered(registry: LocalRegistry) -> RegistryEntry:
 @pytest.fixture
 def keys(tmp_path: Path) -> KeyPair:
     return generate_key_pair(tmp_path / "keys", "release")
+
+
+# The twin issue's local IoT Hub (mosquitto + emulated hub + workload API) and module launcher, reused as is.
+from tests.twin.conftest import broker, start_edge, workload  # noqa: E402, F401
