@@ -73,11 +73,14 @@ def check_parity(
         transformed = pipeline[:-1].transform(frame)
         expected_labels = estimator.predict(transformed)
         expected_values = estimator.transform(transformed)
-    labels = np.asarray(outputs[0]).reshape(-1)
-    mismatches = int(np.sum(labels.astype(str) != np.asarray(expected_labels).astype(str)))
-    if labels.dtype.kind != "O" and np.asarray(expected_labels).dtype.kind not in "OUS":
-        mismatches = int(np.sum(labels != np.asarray(expected_labels)))
+    mismatches = int(np.sum(_label_strings(outputs[0]) != _label_strings(expected_labels)))
     return _report(mismatches, np.asarray(outputs[1], dtype=np.float64), expected_values, tolerance, rows, names)
+
+
+def _label_strings(values: Any) -> np.ndarray:
+    """Labels compared exactly, whatever their type: int64 or string tensors (bytes or str)."""
+    flat = np.asarray(values).reshape(-1)
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in flat.tolist()], dtype=object)
 
 
 def _report(

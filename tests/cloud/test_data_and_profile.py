@@ -102,3 +102,23 @@ def test_time_budget_stops_the_search_after_one_trial_each() -> None:
     assert [r.trials for r in run.results] == [1, 1]
     with pytest.raises(DataError):
         Budget(trials=0)
+
+
+def test_parity_counts_label_mismatches() -> None:
+    from sklearn.base import clone
+
+    from cloud.errors import ParityError
+    from cloud.parity import check_parity
+
+    dataset = load_dataset("sklearn:wine")
+    run = workflow.train(dataset, algorithms=("logistic_regression",), trials=1, cv=2)
+    model = workflow.export(run, "wine", "1")
+    assert model.parity.passed and model.parity.label_mismatches == 0
+    # The same pipeline trained on relabelled classes: every label differs, probabilities are permuted.
+    relabelled = clone(run.best.pipeline).fit(run.x_train, (run.y_train + 1) % 3)
+    report = check_parity(model.onnx, relabelled, "classification", run.x_test, dataset.schema)
+    assert not report.passed
+    assert report.label_mismatches == len(run.x_test)
+    failed = workflow.ExportedModel("wine", model.onnx, model.metadata, report, model.algorithm, model.params)
+    with pytest.raises(ParityError):
+        workflow.register(failed, workflow.LocalRegistry(Path("/nonexistent/never-written")))
