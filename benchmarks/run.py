@@ -1,0 +1,302 @@
+"""``python -m benchmarks.run [--quick]``: the module against its floors, under wrk, in one run.
+
+The server under test is pinned to core 0 and wrk to core 1. Figures from one run are compared with
+each other (ratios); absolute numbers depend on the machine and on whatever else it is doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from benchmarks.load import Body, LoadResult, free_port, pinned, rss_mb, run_wrk, wait_until, warm_up
+from benchmarks.models import Reference, reference
+
+SERVER_CORE = 0
+LOAD_CORE = 1
+
+
+@dataclass(frozen=True)
+class Measurement:
+    server: str  # module | module+batching | floor
+    model: str
+    mode: str  # json | binary
+    connections: int
+    result: LoadResult
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "model": self.model,
+            "mode": self.mode,
+            "connections": self.connections,
+            **asdict(self.result),
+            "rps": round(self.result.rps, 1),
+        }
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    startup_seconds: float
+
+
+def bodies(ref: Reference) -> dict[str, Body]:
+    shape = list(ref.rows.shape)
+    as_json = orjson.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": ref.rows.ravel().tolist()}]}
+    )
+    raw = ref.rows.astype(np.float32).tobytes()
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": len(raw)}}
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    return {"json": Body(as_json, None), "binary": Body(header + raw, len(header))}
+
+
+@contextmanager
+def server(
+    name: str, command: Sequence[str], env: dict[str, str], port: int, probe: Body | None, probe_path: str, log: Path
+) -> Iterator[Server]:
+    started = time.monotonic()
+    with log.open("ab") as out:
+        process = subprocess.Popen(pinned(command, SERVER_CORE), env={**os.environ, **env}, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(url + probe_path, probe, process, timeout=120)
+        yield Server(name, process, url, time.monotonic() - started)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def module_server(refs: dict[str, Reference], workdir: Path, batching: tuple[int, float] | None) -> Any:
+    port = free_port()
+    store = Path(tempfile.mkdtemp(dir=workdir, prefix="store-"))
+    env = {
+        "EDGE_HOST": "127.0.0.1",
+        "EDGE_PORT": str(port),
+        "EDGE_MODEL_DIR": str(store),
+        "EDGE_SERVE_DEFAULT_MODEL": "false",
+        "EDGE_LOG_LEVEL": "WARNING",
+    }
+    if batching:
+        env["EDGE_BATCH_MAX_SIZE"] = str(batching[0])
+        env["EDGE_BATCH_MAX_DELAY_MS"] = str(batching[1])
+    args = [arg for ref in refs.values() for arg in ("--model", f"{ref.name}={ref.path}")]
+    name = "module+batching" if batching else "module"
+    command = [sys.executable, "-m", "edge_module", *args]
+    return server(name, command, env, port, None, "/v2/health/ready", workdir / f"{name}.log")
+
+
+def floor_server(refs: dict[str, Reference], workdir: Path) -> Any:
+    port = free_port()
+    first = next(iter(refs.values()))
+    command = [sys.executable, "-m", "benchmarks.floor", str(port), *(f"{r.name}={r.path}" for r in refs.values())]
+    probe = bodies(first)["json"]
+    return server("floor", command, {}, port, probe, f"/v2/models/{first.name}/infer", workdir / "floor.log")
+
+
+def measure(
+    srv: Server, ref: Reference, modes: Sequence[str], connections: Sequence[int], args: argparse.Namespace
+) -> list[Measurement]:
+    out: list[Measurement] = []
+    url = f"{srv.url}/v2/models/{ref.name}/infer"
+    for mode in modes:
+        body = bodies(ref)[mode]
+        warm_up(url, body, 50)
+        for conns in connections:
+            result = run_wrk(args.wrk, url, body, conns, args.duration, srv.process.pid, args.workdir, LOAD_CORE)
+            if result.errors or not result.requests:
+                raise RuntimeError(f"{srv.name} {ref.name} {mode} c{conns}: {result.errors} errors")
+            out.append(Measurement(srv.name, ref.name, mode, conns, result))
+            print(f"  {srv.name:16} {ref.name:6} {mode:6} c{conns:<3} {_fmt(result)}", flush=True)
+    return out
+
+
+def _fmt(r: LoadResult) -> str:
+    return f"p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms  {r.rps:9.0f} req/s  {r.server_cpu_us:7.1f} µs CPU/req"
+
+
+def in_process_us(ref: Reference, calls: int) -> float:
+    """Median microseconds of one onnxruntime call in this process: the floor under every server."""
+    from benchmarks.floor import session
+
+    sess = session(str(ref.path))
+    feed = {sess.get_inputs()[0].name: ref.rows}
+    for _ in range(20):
+        sess.run(None, feed)
+    timings = []
+    for _ in range(calls):
+        start = time.perf_counter_ns()
+        sess.run(None, feed)
+        timings.append(time.perf_counter_ns() - start)
+    return statistics.median(timings) / 1000
+
+
+def cold_start(workdir: Path, repeats: int) -> dict[str, float]:
+    """``python -m edge_module`` with the bundled default model: process start to ready, and RSS then."""
+    seconds: list[float] = []
+    rss: list[float] = []
+    for i in range(repeats):
+        port = free_port()
+        store = workdir / f"cold-{i}"
+        env = {"EDGE_HOST": "127.0.0.1", "EDGE_PORT": str(port), "EDGE_MODEL_DIR": str(store)}
+        command = [sys.executable, "-m", "edge_module"]
+        with server("cold", command, env, port, None, "/v2/health/ready", workdir / "cold.log") as srv:
+            seconds.append(srv.startup_seconds)
+            rss.append(rss_mb(srv.process.pid))
+    return {"ready_seconds": round(statistics.median(seconds), 3), "rss_mb": round(statistics.median(rss), 1)}
+
+
+def ratio(a: float, b: float) -> float:
+    return round(a / b, 2) if b else float("nan")
+
+
+def find(ms: list[Measurement], server: str, model: str, mode: str, conns: int) -> LoadResult | None:
+    for m in ms:
+        if (m.server, m.model, m.mode, m.connections) == (server, model, mode, conns):
+            return m.result
+    return None
+
+
+def targets(ms: list[Measurement], service_ms: dict[str, float], delay_ms: float) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def check(what: str, value: float, op: str, bound: float) -> None:
+        met = value >= bound if op == ">=" else value <= bound
+        rows.append({"target": what, "value": round(value, 2), "bound": f"{op} {round(bound, 2)}", "met": met})
+
+    small_json_32, floor_json_32 = find(ms, "module", "small", "json", 32), find(ms, "floor", "small", "json", 32)
+    if small_json_32 and floor_json_32:
+        check("small json c32: req/s vs floor", small_json_32.rps / floor_json_32.rps, ">=", 0.5)
+    small_json_1, floor_json_1 = find(ms, "module", "small", "json", 1), find(ms, "floor", "small", "json", 1)
+    if small_json_1 and floor_json_1:
+        check("small json c1: p50 vs floor", small_json_1.p50_ms / floor_json_1.p50_ms, "<=", 1.6)
+    for model, bound in (("small", 1.0), ("wide", 2.0)):
+        j, b = find(ms, "module", model, "json", 32), find(ms, "module", model, "binary", 32)
+        if j and b:
+            check(f"{model} c32: binary req/s vs json", b.rps / j.rps, ">=", bound)
+    off_32, on_32 = find(ms, "module", "heavy", "json", 32), find(ms, "module+batching", "heavy", "json", 32)
+    if off_32 and on_32:
+        check("heavy c32: batching on vs off req/s", on_32.rps / off_32.rps, ">=", 3.0)
+        check("heavy c32 batching on: p99 ms", on_32.p99_ms, "<=", delay_ms + 3 * service_ms["heavy"])
+    off_1, on_1 = find(ms, "module", "heavy", "json", 1), find(ms, "module+batching", "heavy", "json", 1)
+    if off_1 and on_1:
+        check("heavy c1: batching on vs off p50", on_1.p50_ms / off_1.p50_ms, "<=", 1.1)
+    return rows
+
+
+def table(ms: list[Measurement]) -> str:
+    header = "| server | model | mode | conns | p50 ms | p99 ms | req/s | CPU µs/req | req/s vs floor | p50 vs floor |"
+    lines = [header, "|" + " --- |" * 10]
+    for m in ms:
+        r = m.result
+        floor = find(ms, "floor", m.model, m.mode, m.connections)
+        vs_rps = f"{ratio(r.rps, floor.rps):.2f}x" if floor and m.server != "floor" else ""
+        vs_p50 = f"{ratio(r.p50_ms, floor.p50_ms):.2f}x" if floor and m.server != "floor" else ""
+        lines.append(
+            f"| {m.server} | {m.model} | {m.mode} | {m.connections} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
+            f"{r.rps:.0f} | {r.server_cpu_us:.1f} | {vs_rps} | {vs_p50} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: short measurements, one cold start")
+    parser.add_argument("--duration", type=float, help="whole seconds per measurement (default 3, quick 1)")
+    parser.add_argument("--models", default="small,wide,heavy", help="comma-separated subset of small,wide,heavy")
+    parser.add_argument("--batch-size", type=int, default=32, help="EDGE_BATCH_MAX_SIZE for the batching run")
+    parser.add_argument("--batch-delay-ms", type=float, default=2.0, help="EDGE_BATCH_MAX_DELAY_MS for it")
+    parser.add_argument("--cache", type=Path, default=Path("bench-results/models"), help="trained models")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/latest.json"), help="JSON results")
+    args = parser.parse_args(argv)
+    args.duration = args.duration or (1.0 if args.quick else 3.0)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.wrk = shutil.which("wrk")
+    if args.wrk is None:
+        print("wrk not found: install the Debian package 'wrk'", file=sys.stderr)
+        return 2
+    names = [n for n in ("small", "wide", "heavy") if n in args.models.split(",")]
+    refs = {name: reference(name, args.cache) for name in names}
+    service_ms = {name: in_process_us(ref, 200 if name == "heavy" else 2000) / 1000 for name, ref in refs.items()}
+    print("in-process onnxruntime, µs/call: " + ", ".join(f"{n} {v * 1000:.1f}" for n, v in service_ms.items()))
+    conns = (1, 32)
+    ms: list[Measurement] = []
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        args.workdir = Path(tmp)
+        light = {n: r for n, r in refs.items() if n != "heavy"}
+        if light:
+            with floor_server(light, args.workdir) as srv:
+                for ref in light.values():
+                    ms += measure(srv, ref, ("json", "binary"), conns, args)
+        with module_server(refs, args.workdir, None) as srv:
+            for ref in refs.values():
+                modes = ("json",) if ref.name == "heavy" else ("json", "binary")
+                ms += measure(srv, ref, modes, conns, args)
+        if "heavy" in refs:
+            heavy = {"heavy": refs["heavy"]}
+            with module_server(heavy, args.workdir, (args.batch_size, args.batch_delay_ms)) as srv:
+                ms += measure(srv, refs["heavy"], ("json",), conns, args)
+        cold = cold_start(args.workdir, 1 if args.quick else 3)
+    checks = targets(ms, service_ms, args.batch_delay_ms)
+    print()
+    print(table(ms))
+    print()
+    print(f"in-process onnxruntime µs/call: {', '.join(f'{n} {v * 1000:.1f}' for n, v in service_ms.items())}")
+    print(f"cold start (process start -> ready, default model): {cold['ready_seconds']} s, RSS {cold['rss_mb']} MB")
+    print()
+    for check in checks:
+        print(f"{'MET ' if check['met'] else 'MISS'}  {check['target']}: {check['value']} (target {check['bound']})")
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": {
+            "duration_s": args.duration,
+            "batch_max_size": args.batch_size,
+            "batch_delay_ms": args.batch_delay_ms,
+        },
+        "in_process_us": {n: round(v * 1000, 2) for n, v in service_ms.items()},
+        "measurements": [m.as_dict() for m in ms],
+        "cold_start": cold,
+        "targets": checks,
+        "mlserver": "not measured: optional, needs its own virtual environment (mlserver 1.7.1, uvloop<0.22)",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
