@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +32,8 @@ SUBFOLDERS = ("", "schemastore", "azure-iot-cli-extension")
 MAX_DESIRED_BYTES = 32 * 1024
 MAX_DESIRED_DEPTH = 10
 MAX_PROBLEMS = 20
+CREATE_OPTIONS_CHUNK = 512  # IoT Hub's cap on a twin string value
+CREATE_OPTIONS_KEYS = ("createOptions", *(f"createOptions{i:02d}" for i in range(1, 8)))
 
 
 def locate_schema_dir(explicit: Path | None = None) -> Path:
@@ -143,6 +146,30 @@ def _models_problems(where: str, models: Any) -> Iterator[str]:
             yield f"{where}/{name}: {error}"
 
 
+def _create_options_problems(agent: Any) -> Iterator[str]:
+    desired = agent.get("properties.desired") if isinstance(agent, dict) else None
+    if not isinstance(desired, dict):
+        return
+    for group in ("systemModules", "modules"):
+        modules = desired.get(group)
+        for name, module in modules.items() if isinstance(modules, dict) else ():
+            settings = module.get("settings") if isinstance(module, dict) else None
+            if not isinstance(settings, dict):
+                continue
+            where = f"/modulesContent/$edgeAgent/properties.desired/{group}/{name}/settings"
+            chunks = [settings[key] for key in CREATE_OPTIONS_KEYS if isinstance(settings.get(key), str)]
+            extra = sorted(k for k in settings if re.fullmatch(r"createOptions\d+", k) and k not in CREATE_OPTIONS_KEYS)
+            if extra:
+                yield f"{where}: {', '.join(extra)}: IoT Edge reads createOptions01 to createOptions07 only"
+            if any(len(chunk) > CREATE_OPTIONS_CHUNK for chunk in chunks):
+                yield f"{where}: a createOptions value is longer than IoT Hub's {CREATE_OPTIONS_CHUNK} characters"
+            if chunks:
+                try:
+                    json.loads("".join(chunks))
+                except json.JSONDecodeError as error:
+                    yield f"{where}: createOptions (joined) is not valid JSON: {error}"
+
+
 def manifest_problems(manifest: Any, schemas: SchemaSet, module: str | None = None) -> list[str]:
     problems = schemas.problems(manifest, DEPLOYMENT_SCHEMA)
     content = manifest.get("modulesContent") if isinstance(manifest, dict) else None
@@ -159,6 +186,7 @@ def manifest_problems(manifest: Any, schemas: SchemaSet, module: str | None = No
             problems.append(f"/modulesContent/{key}: no schema for schemaVersion {version!r} (have {known})")
             continue
         problems += schemas.problems({key: content[key]}, name, prefix="/modulesContent")
+    problems += _create_options_problems(content.get("$edgeAgent"))
     for key, twin in content.items():
         if isinstance(twin, dict) and "properties.desired" in twin:
             problems += _twin_limit_problems(key, twin["properties.desired"])
