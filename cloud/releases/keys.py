@@ -69,7 +69,7 @@ def generate_key_pair(directory: Path, name: str = "release", passphrase: bytes 
 
     if not name or "/" in name or name.startswith("."):
         raise SigningKeyError(f"invalid key name {name!r}")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     private_path = directory / f"{name}{PRIVATE_SUFFIX}"
     public_path = directory / f"{name}{PUBLIC_SUFFIX}"
     for path in (private_path, public_path):
