@@ -5,6 +5,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 NAME = "train"
 HELP = "train candidates, compare, export the best to ONNX (parity-gated) and register it"
@@ -107,5 +108,16 @@ def _pair(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _print_data(report: dict[str, object]) -> None:
-    sys.stdout.write("data: " + json.dumps(report) + "\n")
+def _print_data(report: dict[str, Any]) -> None:
+    lines = [
+        f"data: {report['source']}: {report['rows']} rows, {report['columns']} feature columns, "
+        f"task {report['task']}, target {report['target']!r}"
+    ]
+    if report["dropped"]:
+        lines.append("  dropped: " + ", ".join(f"{k} ({v})" for k, v in report["dropped"].items()))
+    missing = {k: v for k, v in report["missing_percent"].items() if v}
+    if missing:
+        lines.append("  missing %: " + ", ".join(f"{k} {v}" for k, v in missing.items()))
+    if report["class_balance"]:
+        lines.append("  class balance: " + json.dumps(report["class_balance"]))
+    sys.stdout.write("\n".join(lines) + "\n")
