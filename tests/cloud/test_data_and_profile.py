@@ -122,3 +122,16 @@ def test_parity_counts_label_mismatches() -> None:
     failed = workflow.ExportedModel("wine", model.onnx, model.metadata, report, model.algorithm, model.params)
     with pytest.raises(ParityError):
         workflow.register(failed, workflow.LocalRegistry(Path("/nonexistent/never-written")))
+
+
+def test_data_command_prints_the_report(sensor_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from cloud.__main__ import main
+
+    assert main(["data", "--data", str(sensor_csv), "--target", "status"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 240 and report["task"] == "classification"
+    assert report["column_types"] == {"temperature": "numeric", "vibration": "numeric", "site": "string"}
+    assert main(["data", "--data", str(sensor_csv), "--target", "nope"]) == 1
+    assert "target column 'nope' not in the data" in capsys.readouterr().err

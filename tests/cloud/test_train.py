@@ -210,3 +210,35 @@ def test_unknown_selection_metric_and_algorithm(tmp_path: Path, capsys: pytest.C
     assert "cannot select a classification model by 'rmse'" in capsys.readouterr().err
     assert train(tmp_path, "--data", "sklearn:iris", "--algorithm", "xgboost") == 1
     assert "unknown classification algorithm" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_registered_model_with_onnxruntime(
+    tmp_path: Path, sensor_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.cloud.conftest import write_sensor_csv
+
+    args = ["--data", str(sensor_csv), "--target", "status", "--name", "sensors", "--out", str(tmp_path / "run")]
+    assert train(tmp_path, *args, "--algorithm", "logistic_regression") == 0
+    trained = json.loads((tmp_path / "run" / "comparison.json").read_text())[0]
+    capsys.readouterr()
+
+    fresh = write_sensor_csv(tmp_path / "fresh.csv", rows=300, seed=1)
+    registry = ["--registry", str(tmp_path / "registry")]
+    assert main(["evaluate", "sensors", "--data", str(fresh), "--target", "status", *registry]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["model"], result["version"], result["rows"]) == ("sensors", "1", 300)
+    assert result["class_labels"] == ["fail", "ok"]
+    assert sum(map(sum, result["confusion_matrix"])) == 300
+    assert abs(result["accuracy"] - trained["accuracy"]) < 0.15  # same process, fresh sample
+
+    assert main(["evaluate", "sensors", "--data", "sklearn:iris", *registry]) == 1
+    assert "lacks the model's feature columns" in capsys.readouterr().err
+
+
+def test_evaluate_a_regressor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train(tmp_path, "--data", "sklearn:diabetes", "--algorithm", "ridge", "--out", str(tmp_path / "run")) == 0
+    capsys.readouterr()
+    registry = ["--registry", str(tmp_path / "registry")]
+    assert main(["evaluate", "diabetes", "--version", "1", "--data", "sklearn:diabetes", *registry]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rows"] == 442 and 30 < result["rmse"] < 80 and 0 < result["r2"] < 1
