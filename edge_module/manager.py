@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge_module.errors import ModelLoadError, ModelNotFound, StoreError
+from edge_module.model_check import check_in_subprocess
 from edge_module.repository import ModelRepository
 from edge_module.runtime import OnnxModel, SessionConfig
 from edge_module.store import ModelStore, validate_name, validate_version
@@ -39,11 +40,13 @@ class ModelManager:
         repository: ModelRepository,
         config: SessionConfig,
         max_model_bytes: int,
+        vet_models: bool = True,
     ) -> None:
         self.store = store
         self.repository = repository
         self.config = config
         self.max_model_bytes = max_model_bytes
+        self.vet_models = vet_models
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -135,7 +138,13 @@ class ModelManager:
         async with self._lock(name):
             loop = asyncio.get_running_loop()
             started = loop.time()
-            model = await self._in_loader(self._load_blob, name, version, sha256)
+            try:
+                if self.vet_models and not self._already_vetted(name, sha256):
+                    await self._in_loader(check_in_subprocess, self.store.blob_path(sha256), self.max_model_bytes)
+                model = await self._in_loader(self._load_blob, name, version, sha256)
+            except (ModelLoadError, StoreError):
+                await self._in_loader(self.store.discard, sha256)
+                raise
             record = await self._in_loader(self.store.activate, name, version, sha256)
             served = self.repository.served(name)
             kept = {v.version for v in record.versions}
@@ -145,6 +154,10 @@ class ModelManager:
             elapsed = loop.time() - started
         log.info("model %s version %s active (sha256 %s, %.3fs)", name, version, sha256[:12], elapsed)
         return LoadReport(name, version, sha256, model.service_time_ms, elapsed)
+
+    def _already_vetted(self, name: str, sha256: str) -> bool:
+        record = self.store.get(name)
+        return record is not None and any(entry.sha256 == sha256 for entry in record.versions)
 
     async def rollback(self, name: str) -> LoadReport:
         async with self._lock(name):

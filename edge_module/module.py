@@ -85,7 +85,7 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
     config = SessionConfig(
         intra_op_threads=settings.ort_intra_op_threads, inline_threshold_ms=settings.inline_threshold_ms
     )
-    manager = ModelManager(store, repository, config, settings.max_model_bytes)
+    manager = ModelManager(store, repository, config, settings.max_model_bytes, settings.vet_models)
     batching = BatchPolicy(max_size=settings.batch_max_size, max_delay_ms=settings.batch_max_delay_ms)
     dataplane = DataPlane(repository, stats, settings.inference_workers, batching)
     app = create_app(

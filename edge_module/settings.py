@@ -42,6 +42,8 @@ class Settings(BaseSettings):
 
     max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    # Vet every new model in a child process first, so a file that crashes onnxruntime cannot take serving down.
+    vet_models: bool = True
     keep_versions: int = Field(default=2, ge=1, le=16)
 
     # onnxruntime threads per session; 1 suits small models on a shared 2-core box.

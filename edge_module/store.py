@@ -263,6 +263,12 @@ class ModelStore:
         self.collect_garbage()
         return True
 
+    def discard(self, sha256: str) -> None:
+        """Forget a committed blob that will not be activated (it failed to load); keep it if a pointer names it."""
+        with self._lock:
+            self._pending.discard(sha256)
+        self.collect_garbage()
+
     def collect_garbage(self) -> None:
         """Drop blobs that no pointer names and no pending activation holds."""
         with self._lock:
