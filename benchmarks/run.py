@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -123,20 +123,35 @@ def floor_server(refs: dict[str, Reference], workdir: Path) -> Any:
     return server("floor", command, {}, port, probe, f"/v2/models/{first.name}/infer", workdir / "floor.log")
 
 
-def measure(
-    srv: Server, ref: Reference, modes: Sequence[str], connections: Sequence[int], args: argparse.Namespace
-) -> list[Measurement]:
-    out: list[Measurement] = []
+def measure(srv: Server, ref: Reference, mode: str, conns: int, args: argparse.Namespace) -> Measurement:
     url = f"{srv.url}/v2/models/{ref.name}/infer"
-    for mode in modes:
-        body = bodies(ref)[mode]
-        warm_up(url, body, 50)
-        for conns in connections:
-            result = run_wrk(args.wrk, url, body, conns, args.duration, srv.process.pid, args.workdir, LOAD_CORE)
-            if result.errors or not result.requests:
-                raise RuntimeError(f"{srv.name} {ref.name} {mode} c{conns}: {result.errors} errors")
-            out.append(Measurement(srv.name, ref.name, mode, conns, result))
-            print(f"  {srv.name:16} {ref.name:6} {mode:6} c{conns:<3} {_fmt(result)}", flush=True)
+    body = bodies(ref)[mode]
+    warm_up(url, body, 20)
+    result = run_wrk(args.wrk, url, body, conns, args.duration, srv.process.pid, args.workdir, LOAD_CORE)
+    if result.errors or not result.requests:
+        raise RuntimeError(f"{srv.name} {ref.name} {mode} c{conns}: {result.errors} errors")
+    print(f"  {srv.name:16} {ref.name:6} {mode:6} c{conns:<3} {_fmt(result)}", flush=True)
+    return Measurement(srv.name, ref.name, mode, conns, result)
+
+
+def best_of(ms: list[Measurement]) -> list[Measurement]:
+    """Per server and scenario, the round with the highest throughput: other work on the box only slows us."""
+    best: dict[tuple[str, str, str, int], Measurement] = {}
+    for m in ms:
+        key = (m.server, m.model, m.mode, m.connections)
+        if key not in best or m.result.rps > best[key].result.rps:
+            best[key] = m
+    return list(best.values())
+
+
+def scenarios(refs: dict[str, Reference]) -> list[tuple[str, str, int, tuple[str, ...]]]:
+    """(model, mode, connections, servers): the servers of one scenario are measured back to back."""
+    out: list[tuple[str, str, int, tuple[str, ...]]] = []
+    for name in refs:
+        servers = ("module", "module+batching") if name == "heavy" else ("floor", "module")
+        for mode in ("json",) if name == "heavy" else ("json", "binary"):
+            for conns in (1, 32):
+                out.append((name, mode, conns, servers))
     return out
 
 
@@ -214,16 +229,17 @@ def targets(ms: list[Measurement], service_ms: dict[str, float], delay_ms: float
 
 
 def table(ms: list[Measurement]) -> str:
-    header = "| server | model | mode | conns | p50 ms | p99 ms | req/s | CPU µs/req | req/s vs floor | p50 vs floor |"
-    lines = [header, "|" + " --- |" * 10]
+    header = "| server | model | mode | conns | p50 ms | p99 ms | req/s | CPU µs/req | vs floor: req/s | p50 | CPU |"
+    lines = [header, "|" + " --- |" * 11]
     for m in ms:
         r = m.result
         floor = find(ms, "floor", m.model, m.mode, m.connections)
         vs_rps = f"{ratio(r.rps, floor.rps):.2f}x" if floor and m.server != "floor" else ""
         vs_p50 = f"{ratio(r.p50_ms, floor.p50_ms):.2f}x" if floor and m.server != "floor" else ""
+        vs_cpu = f"{ratio(r.server_cpu_us, floor.server_cpu_us):.2f}x" if floor and m.server != "floor" else ""
         lines.append(
             f"| {m.server} | {m.model} | {m.mode} | {m.connections} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
-            f"{r.rps:.0f} | {r.server_cpu_us:.1f} | {vs_rps} | {vs_p50} |"
+            f"{r.rps:.0f} | {r.server_cpu_us:.1f} | {vs_rps} | {vs_p50} | {vs_cpu} |"
         )
     return "\n".join(lines)
 
@@ -231,14 +247,16 @@ def table(ms: list[Measurement]) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run: short measurements, one cold start")
-    parser.add_argument("--duration", type=float, help="whole seconds per measurement (default 3, quick 1)")
+    parser.add_argument("--duration", type=float, help="whole seconds per measurement (default 2, quick 1)")
+    parser.add_argument("--rounds", type=int, help="rounds over every scenario; the best is kept (default 3, quick 1)")
     parser.add_argument("--models", default="small,wide,heavy", help="comma-separated subset of small,wide,heavy")
     parser.add_argument("--batch-size", type=int, default=32, help="EDGE_BATCH_MAX_SIZE for the batching run")
-    parser.add_argument("--batch-delay-ms", type=float, default=2.0, help="EDGE_BATCH_MAX_DELAY_MS for it")
+    parser.add_argument("--batch-delay-ms", type=float, default=0.0, help="EDGE_BATCH_MAX_DELAY_MS for it")
     parser.add_argument("--cache", type=Path, default=Path("bench-results/models"), help="trained models")
     parser.add_argument("--out", type=Path, default=Path("bench-results/latest.json"), help="JSON results")
     args = parser.parse_args(argv)
-    args.duration = args.duration or (1.0 if args.quick else 3.0)
+    args.duration = args.duration or (1.0 if args.quick else 2.0)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     return args
 
 
@@ -252,24 +270,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     refs = {name: reference(name, args.cache) for name in names}
     service_ms = {name: in_process_us(ref, 200 if name == "heavy" else 2000) / 1000 for name, ref in refs.items()}
     print("in-process onnxruntime, µs/call: " + ", ".join(f"{n} {v * 1000:.1f}" for n, v in service_ms.items()))
-    conns = (1, 32)
     ms: list[Measurement] = []
-    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp, ExitStack() as stack:
         args.workdir = Path(tmp)
+        # All servers run at once, pinned to the same core; only the one under load does any work.
+        servers: dict[str, Server] = {}
         light = {n: r for n, r in refs.items() if n != "heavy"}
         if light:
-            with floor_server(light, args.workdir) as srv:
-                for ref in light.values():
-                    ms += measure(srv, ref, ("json", "binary"), conns, args)
-        with module_server(refs, args.workdir, None) as srv:
-            for ref in refs.values():
-                modes = ("json",) if ref.name == "heavy" else ("json", "binary")
-                ms += measure(srv, ref, modes, conns, args)
+            servers["floor"] = stack.enter_context(floor_server(light, args.workdir))
+        servers["module"] = stack.enter_context(module_server(refs, args.workdir, None))
         if "heavy" in refs:
-            heavy = {"heavy": refs["heavy"]}
-            with module_server(heavy, args.workdir, (args.batch_size, args.batch_delay_ms)) as srv:
-                ms += measure(srv, refs["heavy"], ("json",), conns, args)
+            batching = module_server({"heavy": refs["heavy"]}, args.workdir, (args.batch_size, args.batch_delay_ms))
+            servers["module+batching"] = stack.enter_context(batching)
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1}/{args.rounds}", flush=True)
+            for name, mode, conns, names_ in scenarios(refs):
+                ms += [measure(servers[srv], refs[name], mode, conns, args) for srv in names_]
+        stack.close()
         cold = cold_start(args.workdir, 1 if args.quick else 3)
+    ms = best_of(ms)
     checks = targets(ms, service_ms, args.batch_delay_ms)
     print()
     print(table(ms))
@@ -283,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "settings": {
             "duration_s": args.duration,
+            "rounds": args.rounds,
             "batch_max_size": args.batch_size,
             "batch_delay_ms": args.batch_delay_ms,
         },
