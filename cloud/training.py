@@ -13,6 +13,8 @@ from cloud.data import Dataset
 from cloud.errors import DataError
 from cloud.evaluation import SelectionMetric, evaluate, selection_metric
 
+MIN_FOLD_ROWS = 2
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -96,7 +98,14 @@ def split(dataset: Dataset, test_size: float, seed: int) -> tuple[Any, Any, Any,
         if counts.min() < 2:
             raise DataError(f"class {counts.idxmin()!r} has a single row; every class needs at least 2")
         stratify = y
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=stratify)
+    try:
+        x_train, x_test, y_train, y_test = train_test_split(
+            x, y, test_size=test_size, random_state=seed, stratify=stratify
+        )
+    except ValueError as error:  # e.g. a test split smaller than the number of classes
+        raise DataError(f"cannot split {len(x)} rows into train and test: {error}") from error
+    if len(x_train) < 2 * MIN_FOLD_ROWS:
+        raise DataError(f"only {len(x_train)} training rows; cross-validation needs at least {2 * MIN_FOLD_ROWS}")
     return x_train, x_test, y_train, y_test
 
 
@@ -192,7 +201,7 @@ def _score(pipeline: Any, task: str, x: Any, y: Any, metric: SelectionMetric, cv
         folds = min(cv, int(y.value_counts().min()))
         splitter: Any = StratifiedKFold(max(folds, 2), shuffle=True, random_state=seed)
     else:
-        splitter = KFold(cv, shuffle=True, random_state=seed)
+        splitter = KFold(max(2, min(cv, len(x) // MIN_FOLD_ROWS)), shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # Short searches stop MLPs early on purpose; the holdout metrics show the result.
         warnings.simplefilter("ignore", ConvergenceWarning)

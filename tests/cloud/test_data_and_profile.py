@@ -135,3 +135,9 @@ def test_data_command_prints_the_report(sensor_csv: Path, capsys: pytest.Capture
     assert report["column_types"] == {"temperature": "numeric", "vibration": "numeric", "site": "string"}
     assert main(["data", "--data", str(sensor_csv), "--target", "nope"]) == 1
     assert "target column 'nope' not in the data" in capsys.readouterr().err
+
+
+def test_too_few_rows_to_split_is_a_clear_error() -> None:
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "y": ["a", "a", "b", "b", "c", "c"]})
+    with pytest.raises(DataError, match="cannot split 6 rows"):
+        workflow.train(prepare(frame, target="y"), algorithms=("logistic_regression",), trials=1)
