@@ -33,6 +33,10 @@ class ModelNotFound(EdgeError):
     status_code = 404
 
 
+class RequestTimeout(EdgeError):
+    status_code = 408
+
+
 class PayloadTooLarge(EdgeError):
     status_code = 413
 

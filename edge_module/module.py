@@ -92,6 +92,7 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
         dataplane,
         manager,
         max_request_bytes=settings.max_request_bytes,
+        request_timeout_s=settings.request_timeout_s,
         admin_token=settings.admin_token,
         api_token=settings.api_token,
     )

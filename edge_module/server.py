@@ -43,6 +43,10 @@ def _uvicorn_config(module: EdgeModule) -> uvicorn.Config:
         date_header=False,
         timeout_keep_alive=30,
         h11_max_incomplete_event_size=64 * 1024,
+        # Beyond this many open connections uvicorn answers 503: slow or idle clients stay bounded.
+        limit_concurrency=settings.max_connections,
+        ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
+        ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     # Serving the bundled default model when the store holds nothing keeps a fresh device useful.
     serve_default_model: bool = True
     default_model_name: str | None = None
+
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=512, ge=1)
+    # HTTPS for the API when both are set (PEM files).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
     max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
@@ -80,6 +86,12 @@ class Settings(BaseSettings):
         if value.lower() in {"changeme", "change-me", "secret", "token"} or len(value) < 16:
             raise ValueError("tokens must be at least 16 characters and not a placeholder")
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both EDGE_TLS_CERT_FILE and EDGE_TLS_KEY_FILE, or neither")
+        return self
 
     @field_validator("log_level")
     @classmethod

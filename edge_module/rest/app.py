@@ -16,7 +16,7 @@ from edge_module import __version__
 from edge_module.dataplane import DataPlane
 from edge_module.errors import EdgeError, Forbidden, InvalidRequest, ModelNotFound
 from edge_module.manager import ModelManager
-from edge_module.rest.body import check_bearer, read_body
+from edge_module.rest.body import BODY_TIMEOUT_S, check_bearer, read_body
 from edge_module.rest.errors import error_body, error_status_and_body
 from edge_module.rest.infer import ASGIApp, InferFastPath, infer_response
 
@@ -48,6 +48,7 @@ def create_app(
     manager: ModelManager,
     *,
     max_request_bytes: int,
+    request_timeout_s: float = BODY_TIMEOUT_S,
     admin_token: str | None = None,
     api_token: str | None = None,
 ) -> ASGIApp:
@@ -148,7 +149,7 @@ def create_app(
 
     async def _infer(request: Request, name: str, version: str | None) -> Response:
         status, headers, body = await infer_response(
-            dataplane, request.scope, request.receive, name, version, max_request_bytes
+            dataplane, request.scope, request.receive, name, version, max_request_bytes, request_timeout_s
         )
         return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
@@ -180,7 +181,7 @@ def create_app(
     app.include_router(health)
     app.include_router(models)
     app.include_router(repository)
-    return InferFastPath(app, dataplane, max_request_bytes, api_token)
+    return InferFastPath(app, dataplane, max_request_bytes, api_token, request_timeout_s)
 
 
 async def _parameters(request: Request, limit: int) -> dict[str, Any]:

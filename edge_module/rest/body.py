@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from edge_module.errors import InvalidRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from edge_module.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, Unauthorized, UnsupportedMediaType
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
+BODY_TIMEOUT_S = 30.0
 
 
 class ClientDisconnected(Exception):
@@ -24,10 +26,39 @@ def header(scope: Message, name: bytes) -> bytes | None:
     return None
 
 
-async def read_body(scope: Message, receive: Receive, limit: int) -> bytes:
+async def read_body(scope: Message, receive: Receive, limit: int, timeout: float = BODY_TIMEOUT_S) -> bytes:
+    """The whole body, capped at ``limit`` bytes and ``timeout`` seconds (a slow sender cannot pin a task)."""
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {int(declared)} bytes exceeds the {limit}-byte limit")
+    task = asyncio.current_task()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        if task is not None:
+            task.cancel()
+
+    # A timer handle costs far less than wrapping every receive() in wait_for on the hot path.
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        body = await _receive_all(receive, limit)
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        if task is not None and hasattr(task, "uncancel"):
+            task.uncancel()
+        raise RequestTimeout(f"request body not received within {timeout:g}s") from None
+    finally:
+        timer.cancel()
+    encoding = header(scope, b"content-encoding")
+    if encoding:
+        body = decompress(body, encoding.decode("latin-1").strip().lower(), limit)
+    return body
+
+
+async def _receive_all(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -42,11 +73,7 @@ async def read_body(scope: Message, receive: Receive, limit: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = header(scope, b"content-encoding")
-    if encoding:
-        body = decompress(body, encoding.decode("latin-1").strip().lower(), limit)
-    return body
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:

@@ -11,7 +11,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edge_module.dataplane import DataPlane
-from edge_module.rest.body import ClientDisconnected, Message, Receive, check_bearer, header_length, read_body
+from edge_module.rest.body import (
+    BODY_TIMEOUT_S,
+    ClientDisconnected,
+    Message,
+    Receive,
+    check_bearer,
+    header_length,
+    read_body,
+)
 from edge_module.rest.errors import error_status_and_body
 
 Send = Callable[[Message], Awaitable[None]]
@@ -23,11 +31,17 @@ _BINARY = b"application/octet-stream"
 
 
 async def infer_response(
-    dataplane: DataPlane, scope: Message, receive: Receive, name: str, version: str | None, max_body: int
+    dataplane: DataPlane,
+    scope: Message,
+    receive: Receive,
+    name: str,
+    version: str | None,
+    max_body: int,
+    body_timeout: float = BODY_TIMEOUT_S,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, headers and body for one infer request; every failure becomes ``{"error"}``."""
     try:
-        body = await read_body(scope, receive, max_body)
+        body = await read_body(scope, receive, max_body, body_timeout)
         body, length = await dataplane.infer(name, version, body, header_length(scope))
     except ClientDisconnected:
         raise
@@ -41,7 +55,15 @@ async def infer_response(
 
 
 class InferFastPath:
-    def __init__(self, app: ASGIApp, dataplane: DataPlane, max_body: int, api_token: str | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        dataplane: DataPlane,
+        max_body: int,
+        api_token: str | None,
+        body_timeout: float = BODY_TIMEOUT_S,
+    ) -> None:
+        self.body_timeout = body_timeout
         self.app = app
         self.dataplane = dataplane
         self.max_body = max_body
@@ -63,7 +85,9 @@ class InferFastPath:
             await _send(send, status, [(b"content-type", _JSON)], payload)
             return
         try:
-            status, headers, body = await infer_response(self.dataplane, scope, receive, name, version, self.max_body)
+            status, headers, body = await infer_response(
+                self.dataplane, scope, receive, name, version, self.max_body, self.body_timeout
+            )
         except ClientDisconnected:
             return
         await _send(send, status, headers, body)

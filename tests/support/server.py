@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -20,9 +21,13 @@ def free_port() -> int:
 
 
 class ModuleProcess:
-    def __init__(self, model_dir: Path, env: dict[str, str] | None = None, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, model_dir: Path, env: dict[str, str] | None = None, args: Sequence[str] = (), ca_file: Path | None = None
+    ) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # With ca_file the module serves HTTPS (EDGE_TLS_* in env) and clients verify against that CA.
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
         self.model_dir = model_dir
         self.env = {
             **os.environ,
@@ -40,7 +45,11 @@ class ModuleProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge_module", *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
-        self.wait(wait_ready, timeout)
+        try:
+            self.wait(wait_ready, timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def wait(self, ready: bool, timeout: float) -> None:
@@ -51,7 +60,7 @@ class ModuleProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"module exited with {self.process.returncode}: {self.logs()}")
             try:
-                if httpx.get(self.url + path, timeout=1.0).status_code == 200:
+                if httpx.get(self.url + path, timeout=1.0, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
