@@ -12,7 +12,7 @@ import hmac
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -31,7 +31,7 @@ QUERY_PAGE_SIZE = 100
 class HubCredentials:
     hostname: str
     key_name: str
-    key: str  # base64 shared access key: never log or print it
+    key: str = field(repr=False)  # base64 shared access key: never log or print it
 
     @classmethod
     def from_connection_string(cls, connection_string: str) -> HubCredentials:

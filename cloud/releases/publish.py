@@ -114,7 +114,7 @@ class BlobPublisher:
             )
         except ValueError:
             raise PublishError("the storage connection string is malformed") from None
-        account_key = service.credential.account_key if service.credential is not None else None
+        account_key = getattr(service.credential, "account_key", None)
         if not account_key:
             raise PublishError("the storage connection string has no AccountKey; it is needed to sign the SAS")
         blob = service.get_blob_client(self.container, blob_name)

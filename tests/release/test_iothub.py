@@ -140,6 +140,7 @@ def test_connection_strings() -> None:
         HubCredentials.from_connection_string(f"HostName=h;SharedAccessKey={KEY}")
     credentials = HubCredentials.from_connection_string(CONNECTION_STRING)
     assert credentials.hub_name == "contoso-hub"
+    assert KEY not in repr(credentials)
 
 
 def test_unreachable_hub(client_of: Any) -> None:
