@@ -7,10 +7,15 @@ with canned replies, records the requests, and fails the test on any connection 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from cloud.__main__ import main
@@ -34,7 +39,8 @@ from tests.cloud.azure_fake import (
     fake_azure,
 )
 from tests.support.models import iris_classifier
-from tests.support.server import ModuleProcess
+from tests.support.server import free_port
+from tests.support.system import require_binary
 
 IMAGE = "edgeacr.azurecr.io/edge-module:0.1.0-amd64"
 ENDPOINT_PATH = rf"{re.escape(WORKSPACE_PATH)}/onlineEndpoints/([^/]+)"
@@ -295,14 +301,38 @@ def test_invalid_plans_are_refused(changes: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_the_store_bundle_is_what_the_module_serves(entry: RegistryEntry, tmp_path: Path) -> None:
-    """What the deployment mounts, served by the real module as the container's settings configure it."""
+def test_the_store_bundle_is_served_from_a_read_only_mount(entry: RegistryEntry, tmp_path: Path) -> None:
+    """What the deployment mounts (read-only, as Azure ML mounts models), served by the real module with the
+    deployment's settings."""
+    unshare = require_binary("unshare", "util-linux")
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
     store = write_store_bundle(entry, tmp_path / "bundle")
     assert ModelStore(store).get("iris") is not None
-    module = ModuleProcess(store, env={"EDGE_SERVE_DEFAULT_MODEL": "false"})
-    with module:
-        import httpx
-
-        metadata = httpx.get(f"{module.url}/v2/models/iris", timeout=10).json()
+    port = free_port()
+    env = {**os.environ, "EDGE_MODEL_DIR": str(store), "EDGE_SERVE_DEFAULT_MODEL": "false", "EDGE_PORT": str(port)}
+    mount_read_only = f"mount --bind {store} {store} && mount -o remount,ro,bind {store}"
+    command = [unshare, "--mount", "sh", "-c", f'{mount_read_only} && exec "$0" -m edge_module', sys.executable]
+    log = tmp_path / "module.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        metadata = wait_for_model(f"http://127.0.0.1:{port}/v2/models/iris", process, log)
+    finally:
+        process.terminate()
+        process.wait(20)
     assert metadata["versions"] == ["2"]
     assert metadata["parameters"]["sha256"] == entry.sha256
+
+
+def wait_for_model(url: str, process: subprocess.Popen[bytes], log: Path) -> Any:
+    for _ in range(300):
+        assert process.poll() is None, f"the module exited: {log.read_text()}"
+        try:
+            response = httpx.get(url, timeout=1.0)
+            if response.status_code == 200:
+                return response.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the module did not serve {url}: {log.read_text()}")
