@@ -1,7 +1,8 @@
 """Load a table, infer column types, clean it, and describe it.
 
-Sources: a CSV or Parquet path, ``sklearn:<name>`` (a dataset shipped with scikit-learn), and, with Azure
-configured, an ``azureml://`` datastore URI or an Azure Blob URL (see cloud/azure_data.py).
+Sources: a CSV or Parquet path, JSON lines captured on a device (a file, or a folder of them),
+``sklearn:<name>`` (a dataset shipped with scikit-learn), and, with Azure configured, an ``azureml://``
+datastore URI or an Azure Blob URL (see cloud/azure_data.py).
 
 Conventions the ONNX graph relies on: numeric columns are float32 (what devices send as FP32), with NaN for
 missing; string columns are ``str``, with the empty string for missing (an ONNX string tensor has no NaN).
@@ -82,6 +83,8 @@ def read_table(source: str) -> Any:
 
         return _parse_bytes(download(source), source)
     path = Path(source)
+    if path.is_dir() or path.suffix.lower() == ".jsonl":
+        return read_capture(path)
     if not path.is_file():
         raise DataError(f"no such data file: {source}")
     if path.stat().st_size == 0:
@@ -92,6 +95,21 @@ def read_table(source: str) -> Any:
         return pd.read_csv(path)
     except pd.errors.EmptyDataError as error:
         raise DataError(f"data file is empty: {source}") from error
+
+
+def read_capture(path: Path) -> Any:
+    """JSON lines captured on a device (edge_module/capture.py): a file or a folder of ``*.jsonl``.
+
+    Keys starting with ``_`` (model, version, time) are provenance, not features, and are dropped.
+    """
+    import pandas as pd
+
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    frames = [pd.read_json(file, lines=True) for file in files if file.is_file() and file.stat().st_size]
+    if not frames:
+        raise DataError(f"no captured records in {path}")
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.drop(columns=[c for c in frame.columns if str(c).startswith("_")])
 
 
 def _parse_bytes(payload: bytes, source: str) -> Any:

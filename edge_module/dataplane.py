@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,6 +39,10 @@ _TRITON_TYPES = {
 }
 
 
+# (model, inputs, results, queue_ns, compute_ns, total_ns) of one successful request.
+InferenceObserver = Callable[[OnnxModel, dict[str, np.ndarray], dict[str, np.ndarray], int, int, int], None]
+
+
 class DataPlane:
     def __init__(
         self,
@@ -51,6 +55,8 @@ class DataPlane:
         self.stats = stats
         self._executor = ThreadPoolExecutor(max_workers=inference_workers, thread_name_prefix="infer")
         self.batcher = Batcher(batching or BatchPolicy(), self._execute)
+        # Called after each successful inference; each must be O(1) and must not raise (edge_module/metrics.py).
+        self.observers: list[InferenceObserver] = []
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -146,6 +152,8 @@ class DataPlane:
         stats.record_success(
             batch, queued, decoded - started, ran - decoded - queued, finished - ran, finished - started, executions
         )
+        for observer in self.observers:
+            observer(model, request.inputs, results, queued, ran - decoded - queued, finished - started)
         return encoded
 
     async def infer_arrays(
@@ -163,6 +171,8 @@ class DataPlane:
             raise
         elapsed = time.perf_counter_ns() - started
         stats.record_success(_batch_size(inputs), queued, 0, elapsed - queued, 0, elapsed, executions)
+        for observer in self.observers:
+            observer(model, inputs, results, queued, elapsed - queued, elapsed)
         return model, results
 
     async def _run(

@@ -32,6 +32,11 @@ def configure_logging(level: str) -> None:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """Set the log level (at start from EDGE_LOG_LEVEL, at run time from the twin)."""
+    logging.getLogger().setLevel(level)
     for noisy in ("azure.iot.device", "paho", "uvicorn.error", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -14,6 +14,7 @@ from edge_module.batching import BatchPolicy
 from edge_module.dataplane import DataPlane
 from edge_module.errors import EdgeError
 from edge_module.manager import ModelManager
+from edge_module.observability import Observability, ObservedModelManager
 from edge_module.repository import ModelRepository
 from edge_module.rest import create_app
 from edge_module.rest.infer import ASGIApp
@@ -43,6 +44,7 @@ class EdgeModule:
     dataplane: DataPlane
     manager: ModelManager
     app: ASGIApp
+    observability: Observability
     extra_models: dict[str, Path] = field(default_factory=dict)
     startup_errors: dict[str, str] = field(default_factory=dict)
     # Set once start() has served what it could; the twin applies desired releases only after it.
@@ -50,6 +52,7 @@ class EdgeModule:
 
     async def start(self) -> None:
         """Serve what the store holds, then any ``--model`` files, then the default model if nothing else."""
+        self.observability.start()
         try:
             await self._start()
         finally:
@@ -74,6 +77,7 @@ class EdgeModule:
         await self.manager.serve_file(name, default_model_dir() / manifest["file"], source="default")
 
     def close(self) -> None:
+        self.observability.close()
         self.dataplane.close()
         self.manager.close()
 
@@ -85,9 +89,10 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
     config = SessionConfig(
         intra_op_threads=settings.ort_intra_op_threads, inline_threshold_ms=settings.inline_threshold_ms
     )
-    manager = ModelManager(store, repository, config, settings.max_model_bytes, settings.vet_models)
+    manager = ObservedModelManager(store, repository, config, settings.max_model_bytes, settings.vet_models)
     batching = BatchPolicy(max_size=settings.batch_max_size, max_delay_ms=settings.batch_max_delay_ms)
     dataplane = DataPlane(repository, stats, settings.inference_workers, batching)
+    observability = Observability(settings, dataplane, manager)
     app = create_app(
         dataplane,
         manager,
@@ -95,6 +100,7 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
         request_timeout_s=settings.request_timeout_s,
         admin_token=settings.admin_token,
         api_token=settings.api_token,
+        observability=observability,
     )
     return EdgeModule(
         settings=settings,
@@ -104,5 +110,6 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
         dataplane=dataplane,
         manager=manager,
         app=app,
+        observability=observability,
         extra_models=dict(extra_models or {}),
     )

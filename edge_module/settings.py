@@ -73,6 +73,17 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     access_log: bool = False
 
+    # Observability (README "Observability"). The twin's desired "observability" block overrides the
+    # telemetry interval, drift threshold, capture rate and log level at run time.
+    metrics_enabled: bool = True
+    telemetry_interval: float = Field(default=60.0, ge=1.0, le=86400.0)
+    drift_window: int = Field(default=1000, ge=10, le=1_000_000)
+    drift_min_rows: int = Field(default=100, ge=1)
+    drift_threshold: float = Field(default=0.2, gt=0)
+    capture_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    capture_dir: Path | None = None  # default: "capture" beside the model store
+    capture_budget_bytes: int = Field(default=64 * 1024 * 1024, ge=16 * 1024)
+
     # Dynamic batching, per model unless overridden: rows per merged run (1 = off) and how long a
     # partial batch may wait for batch-mates. A lone request on an idle model never waits.
     batch_max_size: int = Field(default=1, ge=1, le=4096)

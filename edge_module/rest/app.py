@@ -16,9 +16,11 @@ from edge_module import __version__
 from edge_module.dataplane import DataPlane
 from edge_module.errors import EdgeError, Forbidden, InvalidRequest, ModelNotFound
 from edge_module.manager import ModelManager
+from edge_module.observability import Observability
 from edge_module.rest.body import BODY_TIMEOUT_S, check_bearer, read_body
 from edge_module.rest.errors import error_body, error_status_and_body
 from edge_module.rest.infer import ASGIApp, InferFastPath, infer_response
+from edge_module.rest.status import status_router
 
 _FILE_PARAM = re.compile(r"^file:(?:([^/]+)/)?model\.onnx$")
 _INFER_BODY = {
@@ -51,6 +53,7 @@ def create_app(
     request_timeout_s: float = BODY_TIMEOUT_S,
     admin_token: str | None = None,
     api_token: str | None = None,
+    observability: Observability | None = None,
 ) -> ASGIApp:
     """Build the ASGI app. Nothing here does work at import time; everything is passed in."""
     app = FastAPI(
@@ -181,6 +184,8 @@ def create_app(
     app.include_router(health)
     app.include_router(models)
     app.include_router(repository)
+    if observability is not None:
+        app.include_router(status_router(observability))
     return InferFastPath(app, dataplane, max_request_bytes, api_token, request_timeout_s)
 
 
