@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +32,9 @@ SERVER_CORE = 0
 LOAD_CORE = 1
 
 
+Key = tuple[str, str, str, int]  # server, model, mode, connections
+
+
 @dataclass(frozen=True)
 class Measurement:
     server: str  # module | module+batching | floor
@@ -39,9 +42,15 @@ class Measurement:
     mode: str  # json | binary
     connections: int
     result: LoadResult
+    round: int = 0
+
+    @property
+    def key(self) -> Key:
+        return (self.server, self.model, self.mode, self.connections)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "round": self.round,
             "server": self.server,
             "model": self.model,
             "mode": self.mode,
@@ -123,7 +132,7 @@ def floor_server(refs: dict[str, Reference], workdir: Path) -> Any:
     return server("floor", command, {}, port, probe, f"/v2/models/{first.name}/infer", workdir / "floor.log")
 
 
-def measure(srv: Server, ref: Reference, mode: str, conns: int, args: argparse.Namespace) -> Measurement:
+def measure(srv: Server, ref: Reference, mode: str, conns: int, args: argparse.Namespace, round_: int) -> Measurement:
     url = f"{srv.url}/v2/models/{ref.name}/infer"
     body = bodies(ref)[mode]
     warm_up(url, body, 20)
@@ -131,17 +140,67 @@ def measure(srv: Server, ref: Reference, mode: str, conns: int, args: argparse.N
     if result.errors or not result.requests:
         raise RuntimeError(f"{srv.name} {ref.name} {mode} c{conns}: {result.errors} errors")
     print(f"  {srv.name:16} {ref.name:6} {mode:6} c{conns:<3} {_fmt(result)}", flush=True)
-    return Measurement(srv.name, ref.name, mode, conns, result)
+    return Measurement(srv.name, ref.name, mode, conns, result, round_)
 
 
-def best_of(ms: list[Measurement]) -> list[Measurement]:
-    """Per server and scenario, the round with the highest throughput: other work on the box only slows us."""
-    best: dict[tuple[str, str, str, int], Measurement] = {}
+@dataclass(frozen=True)
+class Summary:
+    """One server and scenario over every round: medians, so one disturbed round does not decide."""
+
+    key: Key
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float
+
+    def as_dict(self) -> dict[str, Any]:
+        server, model, mode, conns = self.key
+        values = {"rps": self.rps, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "server_cpu_us": self.cpu_us}
+        return {"server": server, "model": model, "mode": mode, "connections": conns} | {
+            k: round(v, 3) for k, v in values.items()
+        }
+
+
+def summarize(ms: list[Measurement]) -> list[Summary]:
+    groups: dict[Key, list[LoadResult]] = {}
     for m in ms:
-        key = (m.server, m.model, m.mode, m.connections)
-        if key not in best or m.result.rps > best[key].result.rps:
-            best[key] = m
-    return list(best.values())
+        groups.setdefault(m.key, []).append(m.result)
+    med = statistics.median
+    return [
+        Summary(
+            key,
+            med(r.rps for r in rs),
+            med(r.p50_ms for r in rs),
+            med(r.p99_ms for r in rs),
+            med(r.server_cpu_us for r in rs),
+        )
+        for key, rs in groups.items()
+    ]
+
+
+def paired(ms: list[Measurement], a: Key, b: Key, metric: Callable[[LoadResult], float]) -> float | None:
+    """Median over rounds of metric(a) / metric(b), each pair measured back to back in one round."""
+    rounds: dict[int, dict[Key, LoadResult]] = {}
+    for m in ms:
+        rounds.setdefault(m.round, {})[m.key] = m.result
+    values = [metric(r[a]) / metric(r[b]) for r in rounds.values() if a in r and b in r and metric(r[b])]
+    return statistics.median(values) if values else None
+
+
+def _rps(r: LoadResult) -> float:
+    return r.rps
+
+
+def _p50(r: LoadResult) -> float:
+    return r.p50_ms
+
+
+def _p99(r: LoadResult) -> float:
+    return r.p99_ms
+
+
+def _cpu(r: LoadResult) -> float:
+    return r.server_cpu_us
 
 
 def scenarios(refs: dict[str, Reference]) -> list[tuple[str, str, int, tuple[str, ...]]]:
@@ -190,56 +249,60 @@ def cold_start(workdir: Path, repeats: int) -> dict[str, float]:
     return {"ready_seconds": round(statistics.median(seconds), 3), "rss_mb": round(statistics.median(rss), 1)}
 
 
-def ratio(a: float, b: float) -> float:
-    return round(a / b, 2) if b else float("nan")
-
-
-def find(ms: list[Measurement], server: str, model: str, mode: str, conns: int) -> LoadResult | None:
-    for m in ms:
-        if (m.server, m.model, m.mode, m.connections) == (server, model, mode, conns):
-            return m.result
-    return None
-
-
 def targets(ms: list[Measurement], service_ms: dict[str, float], delay_ms: float) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
-    def check(what: str, value: float, op: str, bound: float) -> None:
+    def check(what: str, value: float | None, op: str, bound: float) -> None:
+        if value is None:
+            return
         met = value >= bound if op == ">=" else value <= bound
         rows.append({"target": what, "value": round(value, 2), "bound": f"{op} {round(bound, 2)}", "met": met})
 
-    small_json_32, floor_json_32 = find(ms, "module", "small", "json", 32), find(ms, "floor", "small", "json", 32)
-    if small_json_32 and floor_json_32:
-        check("small json c32: req/s vs floor", small_json_32.rps / floor_json_32.rps, ">=", 0.5)
-    small_json_1, floor_json_1 = find(ms, "module", "small", "json", 1), find(ms, "floor", "small", "json", 1)
-    if small_json_1 and floor_json_1:
-        check("small json c1: p50 vs floor", small_json_1.p50_ms / floor_json_1.p50_ms, "<=", 1.6)
+    check(
+        "small json c32: req/s vs floor",
+        paired(ms, ("module", "small", "json", 32), ("floor", "small", "json", 32), _rps),
+        ">=",
+        0.5,
+    )
+    check(
+        "small json c1: p50 vs floor",
+        paired(ms, ("module", "small", "json", 1), ("floor", "small", "json", 1), _p50),
+        "<=",
+        1.6,
+    )
     for model, bound in (("small", 1.0), ("wide", 2.0)):
-        j, b = find(ms, "module", model, "json", 32), find(ms, "module", model, "binary", 32)
-        if j and b:
-            check(f"{model} c32: binary req/s vs json", b.rps / j.rps, ">=", bound)
-    off_32, on_32 = find(ms, "module", "heavy", "json", 32), find(ms, "module+batching", "heavy", "json", 32)
-    if off_32 and on_32:
-        check("heavy c32: batching on vs off req/s", on_32.rps / off_32.rps, ">=", 3.0)
-        check("heavy c32 batching on: p99 ms", on_32.p99_ms, "<=", delay_ms + 3 * service_ms["heavy"])
-    off_1, on_1 = find(ms, "module", "heavy", "json", 1), find(ms, "module+batching", "heavy", "json", 1)
-    if off_1 and on_1:
-        check("heavy c1: batching on vs off p50", on_1.p50_ms / off_1.p50_ms, "<=", 1.1)
+        for conns in (1, 32):
+            check(
+                f"{model} c{conns}: binary req/s vs json",
+                paired(ms, ("module", model, "binary", conns), ("module", model, "json", conns), _rps),
+                ">=",
+                bound,
+            )
+    on_32, off_32 = ("module+batching", "heavy", "json", 32), ("module", "heavy", "json", 32)
+    check("heavy c32: batching on vs off req/s", paired(ms, on_32, off_32, _rps), ">=", 3.0)
+    p99s = [m.result.p99_ms for m in ms if m.key == on_32]
+    if p99s and "heavy" in service_ms:
+        bound = delay_ms + 3 * service_ms["heavy"]
+        check("heavy c32 batching on: p99 ms", statistics.median(p99s), "<=", bound)
+    on_1, off_1 = ("module+batching", "heavy", "json", 1), ("module", "heavy", "json", 1)
+    check("heavy c1: batching on vs off p50", paired(ms, on_1, off_1, _p50), "<=", 1.1)
     return rows
 
 
 def table(ms: list[Measurement]) -> str:
     header = "| server | model | mode | conns | p50 ms | p99 ms | req/s | CPU µs/req | vs floor: req/s | p50 | CPU |"
     lines = [header, "|" + " --- |" * 11]
-    for m in ms:
-        r = m.result
-        floor = find(ms, "floor", m.model, m.mode, m.connections)
-        vs_rps = f"{ratio(r.rps, floor.rps):.2f}x" if floor and m.server != "floor" else ""
-        vs_p50 = f"{ratio(r.p50_ms, floor.p50_ms):.2f}x" if floor and m.server != "floor" else ""
-        vs_cpu = f"{ratio(r.server_cpu_us, floor.server_cpu_us):.2f}x" if floor and m.server != "floor" else ""
+    for row in summarize(ms):
+        server, model, mode, conns = row.key
+        floor: Key = ("floor", model, mode, conns)
+        ratios = ["", "", ""]
+        if server != "floor":
+            for i, metric in enumerate((_rps, _p50, _cpu)):
+                value = paired(ms, row.key, floor, metric)
+                ratios[i] = f"{value:.2f}x" if value is not None else ""
         lines.append(
-            f"| {m.server} | {m.model} | {m.mode} | {m.connections} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
-            f"{r.rps:.0f} | {r.server_cpu_us:.1f} | {vs_rps} | {vs_p50} | {vs_cpu} |"
+            f"| {server} | {model} | {mode} | {conns} | {row.p50_ms:.3f} | {row.p99_ms:.3f} | "
+            f"{row.rps:.0f} | {row.cpu_us:.1f} | {' | '.join(ratios)} |"
         )
     return "\n".join(lines)
 
@@ -285,10 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for round_ in range(args.rounds):
             print(f"round {round_ + 1}/{args.rounds}", flush=True)
             for name, mode, conns, names_ in scenarios(refs):
-                ms += [measure(servers[srv], refs[name], mode, conns, args) for srv in names_]
+                ms += [measure(servers[srv], refs[name], mode, conns, args, round_) for srv in names_]
         stack.close()
         cold = cold_start(args.workdir, 1 if args.quick else 3)
-    ms = best_of(ms)
     checks = targets(ms, service_ms, args.batch_delay_ms)
     print()
     print(table(ms))
@@ -307,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batch_delay_ms": args.batch_delay_ms,
         },
         "in_process_us": {n: round(v * 1000, 2) for n, v in service_ms.items()},
+        "summary": [row.as_dict() for row in summarize(ms)],
         "measurements": [m.as_dict() for m in ms],
         "cold_start": cold,
         "targets": checks,

@@ -33,6 +33,7 @@ def test_quick_benchmark_produces_a_table_and_json(tmp_path: Path) -> None:
         assert row["requests"] > 0 and row["errors"] == 0
         assert 0 < row["p50_ms"] <= row["p99_ms"]
         assert row["rps"] > 0 and row["server_cpu_us"] > 0
+    assert {(row["server"], row["mode"], row["connections"]) for row in report["summary"]} == expected
     assert report["in_process_us"]["small"] > 0
     assert report["cold_start"]["ready_seconds"] > 0 and report["cold_start"]["rss_mb"] > 10
     assert {t["target"] for t in report["targets"]} >= {"small json c32: req/s vs floor", "small json c1: p50 vs floor"}
