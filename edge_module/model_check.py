@@ -28,7 +28,7 @@ def static_problems(data: bytes) -> list[str]:
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf raises DecodeError and others
-        return [f"not an ONNX protobuf: {exc}"]
+        return [f"not a loadable ONNX file: {exc}"]
     problems: list[str] = []
     domains = {opset.domain for opset in model.opset_import}
     for node in _all_nodes(model.graph):

@@ -350,7 +350,7 @@ async def test_load_swap_rollback_and_unload_through_the_repository_api(model_di
         corrupt = await client.post(
             "/v2/repository/models/iris/load", json=_load_body(b"not an onnx file", "3"), headers=ADMIN
         )
-        assert corrupt.status_code == 400 and "not an ONNX protobuf" in corrupt.json()["error"]
+        assert corrupt.status_code == 400 and "not a loadable ONNX file" in corrupt.json()["error"]
         truncated = await client.post(
             "/v2/repository/models/iris/load", json=_load_body(two.onnx[: len(two.onnx) // 2], "4"), headers=ADMIN
         )
