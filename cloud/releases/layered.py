@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cloud.releases.errors import TemplateError
+from cloud.releases.errors import ManifestInvalid, TemplateError
+from cloud.releases.schemas import twin_limit_problems
 
 # IoT Hub configuration ids: lowercase letters, digits and - : + % _ # * ? ! ( ) , = @ ; ', at most 128.
 CONFIGURATION_ID = re.compile(r"^[a-z0-9\-:+%_#*?!(),=@;']{1,128}$")
@@ -37,6 +38,9 @@ def layered_deployment(
         raise TemplateError(f"priority must be 0 or more, got {priority}")
     if not models:
         raise TemplateError("a layered deployment needs at least one release")
+    problems = list(twin_limit_problems(module, {"models": models}))
+    if problems:
+        raise ManifestInvalid(f"layered deployment {configuration_id} does not fit in a module twin:", problems)
     return {
         "id": configuration_id,
         "schemaVersion": "1.0",

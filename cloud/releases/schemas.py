@@ -125,7 +125,7 @@ def _depth(node: Any) -> int:
     return 0
 
 
-def _twin_limit_problems(module: str, desired: Any) -> Iterator[str]:
+def twin_limit_problems(module: str, desired: Any) -> Iterator[str]:
     size = len(json.dumps(desired, separators=(",", ":")).encode())
     if size > MAX_DESIRED_BYTES:
         yield f"/modulesContent/{module}/properties.desired: {size} bytes, above IoT Hub's {MAX_DESIRED_BYTES}"
@@ -189,7 +189,7 @@ def manifest_problems(manifest: Any, schemas: SchemaSet, module: str | None = No
     problems += _create_options_problems(content.get("$edgeAgent"))
     for key, twin in content.items():
         if isinstance(twin, dict) and "properties.desired" in twin:
-            problems += _twin_limit_problems(key, twin["properties.desired"])
+            problems += twin_limit_problems(key, twin["properties.desired"])
     if module is not None:
         desired = content.get(module, {}).get("properties.desired", {}) if isinstance(content.get(module), dict) else {}
         if "models" in desired:

@@ -185,6 +185,9 @@ def test_layered_deployment_sets_only_the_models_of_our_module() -> None:
         layered_deployment("Models 3", {"iris": RELEASE}, "tags.x='y'", 1, MODULE)
     with pytest.raises(TemplateError, match="target condition"):
         layered_deployment("m", {"iris": RELEASE}, " ", 1, MODULE)
+    many = {f"model{i}": RELEASE for i in range(150)}
+    with pytest.raises(ManifestInvalid, match="does not fit in a module twin"):
+        layered_deployment("m", many, "tags.a='b'", 1, MODULE)
 
 
 def write_release(tmp_path: Path, block: dict[str, Any]) -> Path:
