@@ -49,16 +49,22 @@ def redact(uri: str) -> str:
     """The URI without query or fragment (a SAS token lives in the query) or user info."""
     try:
         parts = urlsplit(uri)
+        port = parts.port
     except ValueError:
         return "<unparseable uri>"
     netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    if port is not None:
+        netloc += f":{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def check_scheme(uri: str, allow_insecure: bool) -> str:
-    scheme = urlsplit(uri).scheme.lower()
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - parsing the port is what raises on an out-of-range one
+    except ValueError as exc:
+        raise FetchError(f"uri is not a valid URL ({exc}): {redact(uri)}") from None
+    scheme = parts.scheme.lower()
     if scheme == "https" or (allow_insecure and scheme in ("http", "file")):
         return scheme
     allowed = "https, http, file" if allow_insecure else "https (set EDGE_ALLOW_INSECURE_URIS for http/file)"

@@ -61,6 +61,10 @@ class ModelUpdater:
             return self._failed(release, exc.message, Outcome.FAILED)
         except OSError as exc:
             return self._failed(release, f"store i/o error: {exc}", Outcome.RETRY)
+        except Exception as exc:  # a bug or a library surprise must still end in a reported state
+            log.exception("model %s version %s: unexpected error", release.name, release.version)
+            detail = str(exc).split("?")[0][:200]  # library messages may quote a URL with its SAS
+            return self._failed(release, f"unexpected error: {type(exc).__name__}: {detail}", Outcome.FAILED)
 
     def _failed(self, release: Release, message: str, outcome: Outcome) -> Outcome:
         log.error("model %s version %s update failed: %s", release.name, release.version, message)

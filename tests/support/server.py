@@ -83,6 +83,16 @@ class ModuleProcess:
         self.process = None
         return code
 
+    def kill(self) -> int:
+        """SIGKILL: no shutdown code runs, as when the device loses power or the OOM killer strikes."""
+        if self.process is None:
+            return 0
+        self.process.kill()
+        code = self.process.wait()
+        self._log.close()
+        self.process = None
+        return code
+
     def __enter__(self) -> ModuleProcess:
         return self.start()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import socket
+import struct
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +20,10 @@ class Served:
     always_truncate_at: int | None = None
     # The first response stops after this many bytes and waits for ``release_stall`` before closing.
     stall_first_at: int | None = None
+    # The first response stops after this many bytes with a TCP reset (RST), not a clean close.
+    reset_first_at: int | None = None
+    # Answer every request with this HTTP status and no body (403: an expired SAS; 404: a deleted blob).
+    status: int | None = None
     requests: list[str | None] = field(default_factory=list)  # the Range header of each request
 
 
@@ -46,6 +52,9 @@ class ReleaseServer:
                     self.send_error(404)
                     return
                 served.requests.append(self.headers.get("Range"))
+                if served.status is not None:
+                    self.send_error(served.status)
+                    return
                 self._serve(served, len(served.requests) == 1)
 
             def _serve(self, served: Served, first: bool) -> None:
@@ -64,6 +73,14 @@ class ReleaseServer:
                 body = data[start:]
                 if served.always_truncate_at is not None:
                     self.wfile.write(body[: served.always_truncate_at])
+                    self.close_connection = True
+                    return
+                if first and served.reset_first_at is not None:
+                    self.wfile.write(body[: served.reset_first_at])
+                    self.wfile.flush()
+                    # Linger 0 makes close() send RST: the client sees a connection reset mid-body.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
                     self.close_connection = True
                     return
                 if first and served.stall_first_at is not None:
