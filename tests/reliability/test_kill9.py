@@ -1,0 +1,123 @@
+"""kill -9 of the module process during download, verification and activation of a twin update, then restart.
+
+After each kill the store still names a whole, verified version; the restarted module serves the old or
+the new version (never nothing, never a broken one), converges to the desired version and reports it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+
+from edge_module.store import ModelStore
+from tests.reliability.store_check import assert_store_intact
+from tests.support.models import TrainedModel, iris_classifier
+from tests.support.server import ModuleProcess
+from tests.twin.conftest import Edge, EdgeFactory, v2_request
+from tests.twin.release_server import ReleaseServer
+
+pytestmark = pytest.mark.slow
+
+OLD, NEW = iris_classifier("1", n_estimators=3), iris_classifier("2", n_estimators=7)
+ROWS = OLD.x_test
+PADDING_BYTES = 96 * 1024 * 1024
+
+
+def padded(model: TrainedModel) -> bytes:
+    """The model with ~96 MiB of metadata: hashing, fsync and loading it take long enough to be hit by a kill."""
+    proto = onnx.load_from_string(model.onnx)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "padding", "x" * PADDING_BYTES
+    return proto.SerializeToString()
+
+
+def assert_serves_a_whole_version(module: ModuleProcess) -> str:
+    response = httpx.post(f"{module.url}/v2/models/iris/infer", json=v2_request(ROWS), timeout=10)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    model = {"1": OLD, "2": NEW}[body["model_version"]]
+    labels = next(o for o in body["outputs"] if o["name"] == "label")["data"]
+    assert np.array_equal(labels, model.estimator.predict(ROWS))
+    version: str = body["model_version"]
+    return version
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, poll: float = 0.002) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(poll)
+
+
+def kill_restart_and_converge(edge: Edge, model_dir: Path, active_after_kill: set[str]) -> None:
+    code = edge.module.kill()
+    assert code == -9
+    pointer = ModelStore(model_dir).get("iris")
+    assert pointer is not None and pointer.active.version in active_after_kill
+    assert_store_intact(model_dir, {"iris": pointer.active.version}, settled=False)
+
+    env = {k: v for k, v in edge.module.env.items() if k != "EDGE_PORT"}
+    restarted = ModuleProcess(model_dir, env=env)
+    restarted.start(wait_ready=True, timeout=60)
+    try:
+        assert assert_serves_a_whole_version(restarted) in {"1", "2"}
+        block = edge.hub.wait_model_state("iris", "active", activeVersion="2", timeout=120)
+        assert block["desiredVersion"] == "2" and "error" not in block
+        assert edge.hub.wait_reported(lambda r: r.get("lastDesiredStatus", {}).get("code") == 200)
+        assert assert_serves_a_whole_version(restarted) == "2"
+    finally:
+        code = restarted.stop()
+    assert code == 0, restarted.logs()[-3000:]
+    assert_store_intact(model_dir, {"iris": "2"})
+
+
+def start_on_v1(start_edge: EdgeFactory, releases: ReleaseServer) -> Edge:
+    edge = start_edge(desired={"models": {"iris": releases.release("iris", "1", OLD.onnx)}})
+    edge.hub.wait_model_state("iris", "active", activeVersion="1")
+    return edge
+
+
+def test_kill_during_download(start_edge: EdgeFactory, releases: ReleaseServer, model_dir: Path) -> None:
+    edge = start_on_v1(start_edge, releases)
+    data = NEW.onnx
+    edge.hub.patch_desired({"models": {"iris": releases.release("iris", "2", data, stall_first_at=len(data) // 2)}})
+    assert releases.stalled.wait(60), "the download never started"
+    edge.hub.wait_model_state("iris", "downloading", desiredVersion="2")
+    assert any((model_dir / "tmp").iterdir()), "a partial download should be in the store's tmp/"
+    kill_restart_and_converge(edge, model_dir, active_after_kill={"1"})
+    releases.release_stall.set()
+
+
+def test_kill_during_verification(start_edge: EdgeFactory, releases: ReleaseServer, model_dir: Path) -> None:
+    edge = start_on_v1(start_edge, releases)
+    data = padded(NEW)
+    release = releases.release("iris", "2", data)
+    blob = model_dir / "blobs" / release["sha256"]
+
+    def downloaded() -> bool:
+        # The whole file is in tmp/ and not yet committed: hashing and fsync are under way.
+        return any(p.stat().st_size == len(data) for p in (model_dir / "tmp").iterdir()) and not blob.exists()
+
+    edge.hub.patch_desired({"models": {"iris": release}})
+    wait_for(downloaded, 60, "the download to complete")
+    assert edge.module.process is not None
+    edge.module.process.kill()  # at once; kill_restart_and_converge reaps it
+    assert not blob.exists(), "the kill came after verification: the test missed its window"
+    kill_restart_and_converge(edge, model_dir, active_after_kill={"1"})
+
+
+def test_kill_during_activation(start_edge: EdgeFactory, releases: ReleaseServer, model_dir: Path) -> None:
+    edge = start_on_v1(start_edge, releases)
+    release = releases.release("iris", "2", padded(NEW))
+    edge.hub.patch_desired({"models": {"iris": release}})
+    # "loading": the blob is verified and committed; the child-process check, load and warm-up run.
+    edge.hub.wait_model_state("iris", "loading", desiredVersion="2", timeout=60)
+    assert (model_dir / "blobs" / release["sha256"]).exists()
+    kill_restart_and_converge(edge, model_dir, active_after_kill={"1", "2"})
