@@ -34,7 +34,8 @@ def padded(model: TrainedModel) -> bytes:
     proto = onnx.load_from_string(model.onnx)
     entry = proto.metadata_props.add()
     entry.key, entry.value = "padding", "x" * PADDING_BYTES
-    return proto.SerializeToString()
+    data: bytes = proto.SerializeToString()
+    return data
 
 
 def assert_serves_a_whole_version(module: ModuleProcess) -> str:
