@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from edge_module.module import EdgeModule
@@ -66,7 +66,7 @@ def release_blocks(valid: dict[str, Any]) -> st.SearchStrategy[Any]:
         lambda key: field_values[key].map(lambda value: {**valid, key: value})
     )
     hostile = hostile_uris.map(lambda uri: {**valid, "uri": uri})
-    return st.one_of(st.just(valid), hostile, hostile, mutated, st.none(), json_values)
+    return st.one_of(st.just(valid), st.just(valid), hostile, hostile, mutated, mutated, st.none(), json_values)
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +104,15 @@ def _check_truthful(module: EdgeModule, reported: ReportedState, reconciler: Rec
             assert served is None
 
 
-async def _scenario(model_dir: Path, patches: list[dict[str, Any]]) -> ReportedState:
+async def _scenario(
+    model_dir: Path, patches: list[dict[str, Any]], twin: dict[str, Any] | None = None
+) -> ReportedState:
     async with running_module(model_dir, serve_default_model=False, vet_models=False) as (module, _):
         reported = ReportedState()
         reconciler = Reconciler(ModelUpdater(module.manager, POLICY, [], reported), reported, retry_interval=60)
         try:
+            if twin is not None:  # what a (re)connect reads first
+                reconciler.apply_twin(twin)
             for patch in patches:
                 reconciler.apply_patch(patch)
                 await asyncio.sleep(0)  # let an update start, so later patches can supersede it
@@ -123,24 +127,28 @@ async def _scenario(model_dir: Path, patches: list[dict[str, Any]]) -> ReportedS
             await reconciler.close()
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_random_and_adversarial_patches_never_crash_or_leave_a_model_unreported(
+def test_random_and_adversarial_twins_and_patches_never_crash_or_leave_a_model_unreported(
     data: st.DataObject, releases: ReleaseServer
 ) -> None:
     valid = releases.release("iris", "1", iris_classifier("1", n_estimators=3).onnx)
-    models = st.dictionaries(model_names, release_blocks(valid), max_size=3)
-    patch = st.fixed_dictionaries(
-        {},
-        optional={
-            "models": st.one_of(models, models, models, st.none(), json_values),
-            "$version": st.integers(-2, 10) | json_values,
-            "observability": json_values,
-        },
+    models = st.dictionaries(model_names, release_blocks(valid), min_size=1, max_size=3)
+    release_patch = st.fixed_dictionaries(
+        {"models": st.one_of(models, models, models, models, st.none(), json_values)},
+        optional={"$version": st.integers(-2, 10) | json_values, "observability": json_values},
     )
-    patches = data.draw(st.lists(patch, min_size=1, max_size=4))
+    # Mostly patches that carry releases (they reach download, verify, load); some plain junk.
+    patch = st.one_of(release_patch, release_patch, release_patch, st.dictionaries(st.text(max_size=8), json_values))
+    previous = st.fixed_dictionaries({}, optional={"models": st.dictionaries(model_names, json_values) | json_values})
+    twin = st.none() | st.fixed_dictionaries({"desired": patch}, optional={"reported": previous})
+    first = data.draw(twin)
+    patches = data.draw(st.lists(patch, min_size=0 if first else 1, max_size=4))
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(_scenario(Path(tmp), patches))
+        reported = asyncio.run(_scenario(Path(tmp), patches, first))
+    for name in ("iris", "other", "-"):  # coverage, shown by --hypothesis-show-statistics
+        block = reported.model(name)
+        event(f"{name}: {block['state'] if block else 'not reported'}")
 
 
 @pytest.mark.parametrize("uri", HOSTILE_URIS)
