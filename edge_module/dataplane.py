@@ -103,7 +103,7 @@ class DataPlane:
                 "dims": spec_dict["shape"],
             }
 
-        return {
+        config: dict[str, Any] = {
             "name": name,
             "platform": PLATFORM,
             "backend": "onnxruntime",
@@ -113,6 +113,14 @@ class DataPlane:
             "output": [tensor(spec.as_dict()) for spec in model.outputs],
             "parameters": {"execution": {"string_value": "inline" if model.runs_inline else "thread_pool"}},
         }
+        if self.batcher.applies_to(model):
+            # Shapes keep their batch dimension (max_batch_size 0); the policy is reported Triton-style.
+            policy = self.batcher.policy_for(name)
+            config["dynamic_batching"] = {
+                "max_batch_size": policy.max_size,
+                "max_queue_delay_microseconds": int(policy.max_delay_ms * 1000),
+            }
+        return config
 
     def repository_index(self) -> list[dict[str, Any]]:
         index = []

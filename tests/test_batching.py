@@ -157,8 +157,10 @@ async def test_batching_off_runs_every_request_alone(plane: DataPlane) -> None:
     x = iris_classifier().x_test
     await asyncio.gather(*(plane.infer_arrays("iris", None, {"input": x[i : i + 1]}) for i in range(6)))
     assert counts(plane, "iris") == (6, 6)
+    assert "dynamic_batching" not in plane.model_config("iris", None)
     plane.batcher.set_policy("iris", None)
     assert plane.batcher.policy_for("iris") == BatchPolicy(max_size=64)
+    assert plane.model_config("iris", None)["dynamic_batching"]["max_batch_size"] == 64
 
 
 async def test_models_without_a_dynamic_batch_dimension_are_not_batched() -> None:
@@ -201,6 +203,8 @@ async def test_settings_turn_batching_on_over_http(model_dir: Path) -> None:
     settings = {"batch_max_size": 16, "batch_max_delay_ms": 2, "inline_threshold_ms": 0}
     async with running_module(model_dir, {"iris": path}, **settings) as (module, client):
         assert module.dataplane.batcher.policy_for("iris") == BatchPolicy(max_size=16, max_delay_ms=2)
+        config = (await client.get("/v2/models/iris/config")).json()
+        assert config["dynamic_batching"] == {"max_batch_size": 16, "max_queue_delay_microseconds": 2000}
         responses = await asyncio.gather(
             *(
                 client.post("/v2/models/iris/infer", content=v2_body(x[i : i + 1]), headers={"content-type": "a/json"})
