@@ -85,6 +85,11 @@ def _settled(reconciler: Reconciler) -> bool:
     return True
 
 
+async def _until_settled(reconciler: Reconciler) -> None:
+    while not _settled(reconciler):
+        await asyncio.sleep(0.01)
+
+
 def _check_truthful(module: EdgeModule, reported: ReportedState, reconciler: Reconciler) -> None:
     for task in reconciler._tasks.values():
         if task.done() and not task.cancelled():
@@ -116,9 +121,7 @@ async def _scenario(
             for patch in patches:
                 reconciler.apply_patch(patch)
                 await asyncio.sleep(0)  # let an update start, so later patches can supersede it
-            async with asyncio.timeout(30):
-                while not _settled(reconciler):
-                    await asyncio.sleep(0.01)
+            await asyncio.wait_for(_until_settled(reconciler), 30)
             _check_truthful(module, reported, reconciler)
             if reported.model("iris") or reported.model("other"):
                 assert "lastDesiredStatus" in reported.take()
