@@ -161,6 +161,8 @@ class Observability:
         if settings.metrics_enabled:  # off only to measure what per-request observation costs
             dataplane.observers.extend((self.metrics.observe_inference, self.drift.observe, self.capture.observe))
         self._task: asyncio.Task[None] | None = None
+        self._raised: dict[str, bool] = {}
+        self._ticking = asyncio.Lock()
 
     # -- configuration (twin desired properties) ----------------------------------------------------
 
@@ -194,6 +196,28 @@ class Observability:
         """Per model: drift of its active version (``drifted`` is True past the threshold)."""
         return self.drift.summaries()
 
+    def drift_changes(self) -> dict[str, dict[str, Any]]:
+        """Blocks for reported ``models.<name>.drift`` whose raised state changed since the last report."""
+        changes = {}
+        for name, summary in self.drift.summaries().items():
+            if summary["drifted"] != self._raised.get(name, False):
+                changes[name] = {
+                    "drifted": summary["drifted"],
+                    "version": summary["version"],
+                    "psiMax": summary["psi_max"],
+                    "feature": summary["feature"],
+                    "outOfRangeMax": summary["out_of_range_max"],
+                    "threshold": summary["threshold"],
+                    "rows": summary["rows"],
+                    "updatedAt": utc_now(),
+                }
+        return changes
+
+    def drift_reported(self, blocks: Mapping[str, Mapping[str, Any]]) -> None:
+        """The twin delivered these drift blocks: do not report them again until their state changes."""
+        for name, block in blocks.items():
+            self._raised[name] = bool(block["drifted"])
+
     # -- background work ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -215,6 +239,10 @@ class Observability:
                 await self.send_telemetry()
 
     async def tick(self) -> None:
+        async with self._ticking:  # one drain and forward at a time, whoever calls
+            await self._tick()
+
+    async def _tick(self) -> None:
         self.drift.forget({name: served.active.version for name, served in self.metrics.repository.snapshot().items()})
         self.drift.flush()
         if self.capture.pending:

@@ -33,6 +33,7 @@ async def test_ring_stays_within_budget_under_sustained_load(model_dir: Path, tm
     ):
         await install_cancer_model(client)
         observability = module.observability
+        observability.close()  # the test drives the periodic work itself
         for round_ in range(12):  # 12 x 40 requests x 4 rows, about 1 KB a row: several times the budget
             for i in range(40):
                 start = (round_ * 40 + i) * 4 % (len(x) - 4)

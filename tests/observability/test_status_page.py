@@ -142,6 +142,6 @@ def test_status_page_renders_live_data_in_chromium(tmp_path: Path) -> None:
     assert drift["drifted"] and drift["feature"] == "mean_area"
     assert cancer["drift"].startswith(f"{drift['psi_max']:.3f} (mean_area)")
     wine_version = default_model_manifest().get("version", "1")
-    wine = cells.rows[("wine", str(wine_version))]
-    assert wine["requests"] == "11" and wine["failures"] == "0"
+    wine_row = cells.rows[("wine", str(wine_version))]
+    assert wine_row["requests"] == "11" and wine_row["failures"] == "0"
     assert "<polyline" in dom  # the live charts drew lines
