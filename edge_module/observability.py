@@ -230,12 +230,13 @@ class Observability:
             self._task = None
 
     async def run(self) -> None:
-        next_telemetry = time.monotonic() + self.config.telemetry_interval
+        last_telemetry = time.monotonic()
         while True:
             await asyncio.sleep(TICK_SECONDS)
             await self.tick()
-            if time.monotonic() >= next_telemetry:
-                next_telemetry = time.monotonic() + self.config.telemetry_interval
+            # Read each tick: the twin may change the interval at any time.
+            if time.monotonic() - last_telemetry >= self.config.telemetry_interval:
+                last_telemetry = time.monotonic()
                 await self.send_telemetry()
 
     async def tick(self) -> None:
@@ -251,16 +252,20 @@ class Observability:
             await self._forward_capture(self.sender)
 
     async def send_telemetry(self) -> bytes:
-        summary = self.telemetry.build(self.drift_summaries(), {"capture": self._capture_state()})
+        summary = self.telemetry.build(self.drift_summaries(), {"capture": self._capture_state()}, advance=False)
         self.last_telemetry = summary
         payload = encode_bounded(summary)
-        if self.sender is not None:
-            try:
-                await self.sender(OUTPUT_METRICS, payload)
-                self.sent["ok"] += 1
-            except Exception as exc:  # offline: the next summary covers the gap in its counts
-                self.sent["failed"] += 1
-                log.warning("telemetry not delivered: %s", exc)
+        if self.sender is None:
+            self.telemetry.commit()
+            return payload
+        try:
+            await self.sender(OUTPUT_METRICS, payload)
+        except Exception as exc:  # edgeHub unreachable: the next summary covers this period too
+            self.sent["failed"] += 1
+            log.warning("telemetry not delivered: %s", exc)
+        else:
+            self.sent["ok"] += 1
+            self.telemetry.commit()
         return payload
 
     async def _forward_capture(self, sender: Sender) -> None:

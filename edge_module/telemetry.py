@@ -6,6 +6,7 @@ summaries are still built, for the status page, and nothing is sent.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
@@ -38,6 +39,8 @@ class TelemetryBuilder:
         self._counts: dict[tuple[str, str], tuple[int, int, int]] = {}
         self._histograms: dict[tuple[str, str], list[int]] = {}
         self._last = time.monotonic()
+        self._next: tuple[dict[tuple[str, str], tuple[int, int, int]], dict[tuple[str, str], list[int]], float] | None
+        self._next = None
 
     def build(
         self, drift: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None, advance: bool = True
@@ -74,7 +77,7 @@ class TelemetryBuilder:
                     "rows": summary["rows"],
                     "top": {k: v["psi"] for k, v in features},
                 }
-        times = __import__("os").times()
+        times = os.times()
         body: dict[str, Any] = {
             "type": "edge-metrics",
             "time": utc_now(),
@@ -84,9 +87,16 @@ class TelemetryBuilder:
             "models": models,
             **(extra or {}),
         }
+        self._next = (counts, histograms, now)
         if advance:
-            self._counts, self._histograms, self._last = counts, histograms, now
+            self.commit()
         return body
+
+    def commit(self) -> None:
+        """The last summary was delivered: the next one starts where it ended (else it covers both periods)."""
+        if self._next is not None:
+            self._counts, self._histograms, self._last = self._next
+            self._next = None
 
 
 def encode_bounded(summary: dict[str, Any], limit: int = TARGET_BYTES) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +81,16 @@ class TwinSync:
         try:
             await self.connection.open()
             self._online.set()
+            self.module.observability.sender = self._send_json
             # Apply the twin only once the store is served, so updates start from what is active.
             await self.module.started.wait()
             self._spawn(self._report_loop(), "twin-reporter")
+            self._spawn(self._drift_loop(), "drift-reporter")
             self._start_full_sync()
             while True:
                 await self._dispatch(await self.connection.events.get())
         finally:
+            self.module.observability.sender = None
             for task in [*self._tasks, *([self._sync_task] if self._sync_task else [])]:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -111,6 +115,7 @@ class TwinSync:
                 self._online.clear()
         elif event.kind == "patch":
             if isinstance(event.payload, dict):
+                self.module.observability.apply(event.payload.get("observability"))
                 self.reconciler.apply_patch(event.payload)
         elif event.kind in ("message", "method"):
             await self._capacity.acquire()
@@ -134,6 +139,7 @@ class TwinSync:
                 log.warning("cannot read the twin yet: %s", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.module.settings.connect_backoff_max)
+        self.module.observability.apply((twin.get("desired") or {}).get("observability"))
         self.reconciler.apply_twin(twin)
 
     async def _report_loop(self) -> None:
@@ -153,6 +159,37 @@ class TwinSync:
                 self.reported.restore(patch)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.module.settings.connect_backoff_max)
+
+    # -- observability -----------------------------------------------------------------------------
+
+    async def _send_json(self, output: str, body: bytes) -> None:
+        """Telemetry and captured data to an output; edgeHub stores and forwards them while the hub is away."""
+        from azure.iot.device import Message as _Message
+
+        if not self._online.is_set():
+            raise HubUnavailable("not connected to edgeHub")
+        new_message: Callable[..., Any] = _Message  # the SDK is untyped
+        message = new_message(body, content_encoding="utf-8", content_type="application/json")
+        await self.connection.send_output(message, output)
+
+    async def _drift_loop(self) -> None:
+        """Raise (and clear) ``models.<name>.drift`` in reported properties when drift passes the threshold."""
+        observability = self.module.observability
+        checked = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(1.0)
+            if asyncio.get_running_loop().time() - checked < observability.config.telemetry_interval:
+                continue
+            checked = asyncio.get_running_loop().time()
+            changes = observability.drift_changes()
+            if not changes or not self._online.is_set():
+                continue
+            try:
+                await self.connection.patch_reported({"models": {n: {"drift": b} for n, b in changes.items()}})
+            except HubUnavailable as exc:
+                log.warning("drift not reported yet: %s", exc)
+                continue
+            observability.drift_reported(changes)
 
     def _on_rollback(self, name: str) -> None:
         self.reconciler.record_rollback(name)

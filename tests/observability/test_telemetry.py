@@ -42,11 +42,15 @@ async def test_summary_counts_latency_drift_and_limits(model_dir: Path) -> None:
         assert (await client.post("/v2/models/cancer/infer", json=cancer_request(x[:2]))).is_success
         await observability.send_telemetry()
         outbox.online = False
+        assert (await client.post("/v2/models/cancer/infer", json=cancer_request(x[:2]))).is_success
+        await observability.send_telemetry()
+        outbox.online = True
+        assert (await client.post("/v2/models/cancer/infer", json=cancer_request(x[:3]))).is_success
         await observability.send_telemetry()
         metrics = (await client.get("/metrics")).text
 
-    assert [output for output, _ in outbox.sent] == ["metrics", "metrics"]
-    first, second = (orjson.loads(body) for _, body in outbox.sent)
+    assert [output for output, _ in outbox.sent] == ["metrics", "metrics", "metrics"]
+    first, second, after_outage = (orjson.loads(body) for _, body in outbox.sent)
     cancer = first["models"]["cancer"]
     assert cancer["activeVersion"] == "1"
     assert cancer["versions"]["1"]["requests"] == 30 and cancer["versions"]["1"]["failures"] == 1
@@ -58,7 +62,10 @@ async def test_summary_counts_latency_drift_and_limits(model_dir: Path) -> None:
     # The second summary covers only what happened since the first.
     assert second["models"]["cancer"]["versions"]["1"]["requests"] == 1
     assert second["models"]["cancer"]["versions"]["1"]["failures"] == 0
-    assert 'edge_telemetry_messages_total{outcome="ok"} 2' in metrics
+    # The summary after an undelivered one covers both periods: no request goes uncounted.
+    assert after_outage["models"]["cancer"]["versions"]["1"]["requests"] == 2
+    assert after_outage["models"]["cancer"]["versions"]["1"]["inferences"] == 5
+    assert 'edge_telemetry_messages_total{outcome="ok"} 3' in metrics
     assert 'edge_telemetry_messages_total{outcome="failed"} 1' in metrics
 
 
