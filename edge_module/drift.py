@@ -21,7 +21,6 @@ import numpy as np
 from edge_module.runtime import OnnxModel
 
 EPSILON = 1e-4  # floor for proportions, so an empty bin does not make PSI infinite
-PENDING_REQUESTS = 4096
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,8 @@ class ModelDrift:
         self.window = np.zeros((window, len(self.baselines)), dtype=np.int16)
         self.filled = 0
         self.position = 0
-        self.pending: deque[Mapping[str, np.ndarray]] = deque(maxlen=PENDING_REQUESTS)
+        # Every request holds at least one row: the last `window` requests cover the window.
+        self.pending: deque[Mapping[str, np.ndarray]] = deque(maxlen=window)
         self.seen = 0
 
     @property
@@ -127,19 +127,20 @@ class ModelDrift:
         self.pending.append(inputs)
 
     def flush(self) -> int:
-        """Bin what the request path queued into the window. Returns rows added."""
+        """Bin what the request path queued into the window, in one vectorized pass. Returns rows added."""
         if not self.pending or self.extractor is None:
             return 0
-        batches = []
-        while self.pending:
-            try:
-                columns = self.extractor(self.pending.popleft())
-            except (KeyError, IndexError, ValueError):  # an input that does not fit the profile is ignored
-                continue
-            batches.append(np.stack([b.encode(c) for b, c in zip(self.baselines, columns, strict=True)], axis=1))
-        if not batches:
+        queued = list(self.pending)
+        self.pending.clear()
+        try:
+            # One array per input across all queued requests: per-request numpy calls would cost more
+            # than the inference they observe.
+            merged = {name: np.concatenate([inputs[name] for inputs in queued]) for name in queued[0]}
+            columns = self.extractor(merged)
+            codes = np.stack([b.encode(c) for b, c in zip(self.baselines, columns, strict=True)], axis=1)
+        except (KeyError, IndexError, ValueError):  # inputs that do not fit the profile are ignored
             return 0
-        codes = np.concatenate(batches)[-len(self.window) :]
+        codes = codes[-len(self.window) :]
         size = len(self.window)
         end = self.position + len(codes)
         if end <= size:
