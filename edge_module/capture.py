@@ -66,16 +66,14 @@ def _rows(sample: _Sample) -> list[dict[str, Any]]:
                 for j in range(flat.shape[1]):
                     columns[f"{name}_{j}"] = flat[:, j]
     prediction = _prediction(sample.results, batch)
+    if prediction is not None:
+        columns["prediction"] = prediction
+    names = list(columns)
+    # tolist() converts a whole column to Python values in C; a per-value loop would cost far more.
+    values = [_plain(column) for column in columns.values()]
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sample.time))
-    rows = []
-    for i in range(batch):
-        row: dict[str, Any] = {"_model": sample.model, "_version": sample.version, "_time": stamp}
-        for name, column in columns.items():
-            row[name] = _plain(column[i])
-        if prediction is not None:
-            row["prediction"] = _plain(prediction[i])
-        rows.append(row)
-    return rows
+    meta = {"_model": sample.model, "_version": sample.version, "_time": stamp}
+    return [{**meta, **dict(zip(names, row, strict=True))} for row in zip(*values, strict=True)]
 
 
 def _prediction(results: Mapping[str, np.ndarray], batch: int) -> np.ndarray | None:
@@ -86,15 +84,12 @@ def _prediction(results: Mapping[str, np.ndarray], batch: int) -> np.ndarray | N
     return None
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        item = value.item()
-        if isinstance(item, float) and item != item:
-            return None
-        return item
-    return value
+def _plain(column: np.ndarray) -> list[Any]:
+    """JSON-ready values: numbers as numbers (NaN becomes null in orjson), bytes as text."""
+    values: list[Any] = column.tolist()
+    if column.dtype == object:
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values]
+    return values
 
 
 class CaptureRing:
@@ -208,7 +203,7 @@ class DataCapture:
             except (ValueError, IndexError) as exc:  # an odd tensor layout is skipped, never fatal
                 log.debug("capture skipped a request of %s: %s", sample.model, exc)
                 continue
-            lines.extend(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for row in rows)
+            lines.extend(orjson.dumps(row) + b"\n" for row in rows)
         if lines:
             self.ring.append(lines)
         return len(lines)

@@ -130,8 +130,16 @@ class ModelDrift:
         """Bin what the request path queued into the window, in one vectorized pass. Returns rows added."""
         if not self.pending or self.extractor is None:
             return 0
-        queued = list(self.pending)
+        # Only the newest requests that fill the window matter; older ones would be binned and overwritten.
+        queued: list[Mapping[str, np.ndarray]] = []
+        rows = 0
+        size = len(self.window)
+        while self.pending and rows < size:
+            inputs = self.pending.pop()
+            queued.append(inputs)
+            rows += len(next(iter(inputs.values()), ()))
         self.pending.clear()
+        queued.reverse()
         try:
             # One array per input across all queued requests: per-request numpy calls would cost more
             # than the inference they observe.
@@ -140,8 +148,7 @@ class ModelDrift:
             codes = np.stack([b.encode(c) for b, c in zip(self.baselines, columns, strict=True)], axis=1)
         except (KeyError, IndexError, ValueError):  # inputs that do not fit the profile are ignored
             return 0
-        codes = codes[-len(self.window) :]
-        size = len(self.window)
+        codes = codes[-size:]
         end = self.position + len(codes)
         if end <= size:
             self.window[self.position : end] = codes

@@ -32,21 +32,20 @@ Collector = Callable[[], Iterable[str]]
 class Histogram:
     """Cumulative buckets are computed at exposition; an observation increments one slot."""
 
-    __slots__ = ("bounds", "count", "counts", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(bounds)
         self.counts = [0] * (len(self.bounds) + 1)
         self.sum = 0.0
-        self.count = 0
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
-        self.count += 1
 
     def snapshot(self) -> tuple[list[int], float, int]:
-        return list(self.counts), self.sum, self.count
+        counts = list(self.counts)
+        return counts, self.sum, sum(counts)
 
 
 def quantile(counts: Sequence[int], bounds: Sequence[float], q: float) -> float | None:
@@ -138,7 +137,6 @@ class Metrics:
         self.stats = stats
         self.repository = repository
         self.started = time.time()
-        self.enabled = True
         model_version = ("model", "version")
         self.request_seconds = HistogramFamily(
             "edge_inference_request_duration_seconds",
@@ -170,6 +168,8 @@ class Metrics:
             ("model",),
             LOAD_BUCKETS,
         )
+        # One lookup per request for the three histograms of a model version.
+        self._timings: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
         self.update_failures: dict[str, int] = {}
         self.collectors: list[Collector] = []
 
@@ -184,12 +184,22 @@ class Metrics:
         compute_ns: int,
         total_ns: int,
     ) -> None:
-        if not self.enabled:
-            return
-        key = (model.name, model.version)
-        self.request_seconds.labels(*key).observe(total_ns * _NS)
-        self.queue_seconds.labels(*key).observe(queue_ns * _NS)
-        self.compute_seconds.labels(*key).observe(compute_ns * _NS)
+        timings = self._timings.get((model.name, model.version))
+        if timings is None:
+            timings = self._timings_for(model.name, model.version)
+        request, queue, compute = timings
+        request.observe(total_ns * _NS)
+        queue.observe(queue_ns * _NS)
+        compute.observe(compute_ns * _NS)
+
+    def _timings_for(self, name: str, version: str) -> tuple[Histogram, Histogram, Histogram]:
+        timings = (
+            self.request_seconds.labels(name, version),
+            self.queue_seconds.labels(name, version),
+            self.compute_seconds.labels(name, version),
+        )
+        self._timings[(name, version)] = timings
+        return timings
 
     # -- model lifecycle -----------------------------------------------------------------------------
 
