@@ -110,6 +110,11 @@ def test_twenty_swaps_under_load_fail_no_request_and_mix_no_versions(
             edge.hub.patch_desired({"models": {"iris": block}})
             edge.hub.wait_model_state("iris", "active", activeVersion=str(version), timeout=90)
             durations.append(time.monotonic() - patched)
+            # Let the load reach this version before the next swap, however busy the machine is (bounded).
+            for _ in range(200):
+                if tally.by_version.get(str(version)) or tally.failures or tally.mixed:
+                    break
+                time.sleep(0.05)
         time.sleep(0.5)  # some load on the last version too
     finally:
         stop.set()
