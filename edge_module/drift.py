@@ -76,21 +76,21 @@ def baseline_from_profile(name: str, spec: Mapping[str, Any]) -> FeatureBaseline
     return None
 
 
-Extractor = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
+# The request inputs a model's profiled features come from, and how to cut them into one column per feature.
+Layout = tuple[tuple[str, ...], Callable[[list[np.ndarray]], list[np.ndarray]]]
 
 
-def column_extractor(model: OnnxModel, features: list[str]) -> Extractor | None:
-    """How to get one 1-D column per profiled feature from a request's inputs, or None if unknown."""
+def column_layout(model: OnnxModel, features: list[str]) -> Layout | None:
+    """Where each profiled feature is in a request's inputs, or None when the model's inputs do not say."""
     inputs = {spec.name: spec for spec in model.inputs}
     if all(name in inputs for name in features):
-        return lambda arrays: [arrays[name].reshape(len(arrays[name]), -1)[:, 0] for name in features]
+        return tuple(features), lambda arrays: [a.reshape(len(a), -1)[:, 0] for a in arrays]
     if len(model.inputs) == 1:
         spec = model.inputs[0]
         declared = [f.name for f in model.metadata.features]
         if len(spec.shape) == 2 and spec.shape[1] in (-1, len(declared)) and declared:
             positions = [declared.index(name) for name in features]
-            tensor = spec.name
-            return lambda arrays: [arrays[tensor][:, position] for position in positions]
+            return (spec.name,), lambda arrays: [arrays[0][:, position] for position in positions]
     return None
 
 
@@ -109,14 +109,15 @@ class ModelDrift:
         profile = model.metadata.profile.get("features", {}) if model.metadata.profile else {}
         baselines = [baseline_from_profile(name, spec) for name, spec in profile.items() if isinstance(spec, dict)]
         candidates = [b for b in baselines if b is not None]
-        extractor = column_extractor(model, [b.name for b in candidates]) if candidates else None
-        self.baselines = candidates if extractor else []
-        self.extractor = extractor
+        layout = column_layout(model, [b.name for b in candidates]) if candidates else None
+        self.baselines = candidates if layout else []
+        self.needed, self.columns = layout or ((), lambda arrays: [])
         self.window = np.zeros((window, len(self.baselines)), dtype=np.int16)
         self.filled = 0
         self.position = 0
-        # Every request holds at least one row: the last `window` requests cover the window.
-        self.pending: deque[Mapping[str, np.ndarray]] = deque(maxlen=window)
+        # Every request holds at least one row: the last `window` requests cover the window. Arrays are
+        # queued, not the request's dict: arrays are not tracked by the garbage collector, dicts are.
+        self.pending: deque[tuple[np.ndarray, ...]] = deque(maxlen=window)
         self.seen = 0
 
     @property
@@ -124,27 +125,27 @@ class ModelDrift:
         return bool(self.baselines)
 
     def add(self, inputs: Mapping[str, np.ndarray]) -> None:
-        self.pending.append(inputs)
+        self.pending.append(tuple(inputs[name] for name in self.needed))
 
     def flush(self) -> int:
         """Bin what the request path queued into the window, in one vectorized pass. Returns rows added."""
-        if not self.pending or self.extractor is None:
+        if not self.pending or not self.needed:
             return 0
         # Only the newest requests that fill the window matter; older ones would be binned and overwritten.
-        queued: list[Mapping[str, np.ndarray]] = []
+        queued: list[tuple[np.ndarray, ...]] = []
         rows = 0
         size = len(self.window)
         while self.pending and rows < size:
-            inputs = self.pending.pop()
-            queued.append(inputs)
-            rows += len(next(iter(inputs.values()), ()))
+            arrays = self.pending.pop()
+            queued.append(arrays)
+            rows += len(arrays[0])
         self.pending.clear()
         queued.reverse()
         try:
             # One array per input across all queued requests: per-request numpy calls would cost more
             # than the inference they observe.
-            merged = {name: np.concatenate([inputs[name] for inputs in queued]) for name in queued[0]}
-            columns = self.extractor(merged)
+            merged = [np.concatenate([arrays[i] for arrays in queued]) for i in range(len(self.needed))]
+            columns = self.columns(merged)
             codes = np.stack([b.encode(c) for b, c in zip(self.baselines, columns, strict=True)], axis=1)
         except (KeyError, IndexError, ValueError):  # inputs that do not fit the profile are ignored
             return 0
