@@ -118,6 +118,7 @@ class ModelDrift:
         # Every request holds at least one row: the last `window` requests cover the window. Arrays are
         # queued, not the request's dict: arrays are not tracked by the garbage collector, dicts are.
         self.pending: deque[tuple[np.ndarray, ...]] = deque(maxlen=window)
+        self.capacity = window
         self.seen = 0
 
     @property
@@ -125,7 +126,10 @@ class ModelDrift:
         return bool(self.baselines)
 
     def add(self, inputs: Mapping[str, np.ndarray]) -> None:
-        self.pending.append(tuple(inputs[name] for name in self.needed))
+        # Once a window's worth is queued until the next flush, further requests are not kept: holding
+        # every request's arrays at high rates costs the allocator more than the window gains.
+        if len(self.pending) < self.capacity:
+            self.pending.append(tuple(inputs[name] for name in self.needed))
 
     def flush(self) -> int:
         """Bin what the request path queued into the window, in one vectorized pass. Returns rows added."""
