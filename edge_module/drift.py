@@ -115,9 +115,9 @@ class ModelDrift:
         self.window = np.zeros((window, len(self.baselines)), dtype=np.int16)
         self.filled = 0
         self.position = 0
-        # Every request holds at least one row: the last `window` requests cover the window. Arrays are
-        # queued, not the request's dict: arrays are not tracked by the garbage collector, dicts are.
-        self.pending: deque[tuple[np.ndarray, ...]] = deque(maxlen=window)
+        # Arrays are queued, not the request's dict: arrays are not tracked by the garbage collector.
+        self.pending: deque[tuple[np.ndarray, ...]] = deque()
+        self.pending_rows = 0
         self.capacity = window
         self.seen = 0
 
@@ -126,10 +126,12 @@ class ModelDrift:
         return bool(self.baselines)
 
     def add(self, inputs: Mapping[str, np.ndarray]) -> None:
-        # Once a window's worth is queued until the next flush, further requests are not kept: holding
+        # Once a window's worth of rows is queued, requests until the next flush are not kept: holding
         # every request's arrays at high rates costs the allocator more than the window gains.
-        if len(self.pending) < self.capacity:
-            self.pending.append(tuple(inputs[name] for name in self.needed))
+        if self.pending_rows < self.capacity:
+            arrays = tuple(inputs[name] for name in self.needed)
+            self.pending.append(arrays)
+            self.pending_rows += len(arrays[0])
 
     def flush(self) -> int:
         """Bin what the request path queued into the window, in one vectorized pass. Returns rows added."""
@@ -144,6 +146,7 @@ class ModelDrift:
             queued.append(arrays)
             rows += len(arrays[0])
         self.pending.clear()
+        self.pending_rows = 0
         queued.reverse()
         try:
             # One array per input across all queued requests: per-request numpy calls would cost more
