@@ -168,6 +168,8 @@ def _number(value: Any, name: str) -> float:
 
 
 def _text(value: Any, name: str) -> str:
+    if value is None:
+        return ""  # the cloud pipeline encodes a missing category as the empty string (cloud/data.py)
     if not isinstance(value, str):
         raise InvalidRequest(f"feature '{name}' must be a string, got {type(value).__name__}")
     return value

@@ -44,6 +44,14 @@ async def test_named_features_map_to_one_matrix_or_one_input_per_column(model_di
         assert body["model_name"] == "mixed"
         assert next(o["data"] for o in body["outputs"] if o["name"] == "label") == [1]
 
+        # A missing category (null) is the empty string, as the cloud pipeline encoded it in training.
+        output, reply = await router.route(_input([{"temperature": 30.0, "site": None}], model="mixed"))
+        assert output == PREDICTIONS, reply.data
+        import pandas as pd
+
+        expected = mixed.estimator.predict(pd.DataFrame({"temperature": [30.0], "site": [""]}))
+        assert next(o["data"] for o in orjson.loads(reply.data)["outputs"] if o["name"] == "label") == expected.tolist()
+
 
 async def test_bad_messages_become_errors_with_reasons(model_dir: Path, tmp_path: Path) -> None:
     iris = iris_classifier()
