@@ -137,6 +137,7 @@ class Metrics:
         self.stats = stats
         self.repository = repository
         self.started = time.time()
+        self._started_monotonic = time.monotonic()
         model_version = ("model", "version")
         self.request_seconds = HistogramFamily(
             "edge_inference_request_duration_seconds",
@@ -172,6 +173,11 @@ class Metrics:
         self._timings: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
         self.update_failures: dict[str, int] = {}
         self.collectors: list[Collector] = []
+
+    @property
+    def uptime_seconds(self) -> float:
+        """Monotonic, so a wall-clock step (NTP, a dead RTC battery) cannot make it negative."""
+        return time.monotonic() - self._started_monotonic
 
     # -- hot path ----------------------------------------------------------------------------------
 

@@ -364,7 +364,7 @@ class Observability:
             )
         return {
             "time": utc_now(),
-            "uptime_seconds": round(time.time() - self.metrics.started, 1),
+            "uptime_seconds": round(self.metrics.uptime_seconds, 1),
             "models": models,
             "config": self.reported(),
             "capture": self._capture_state(),

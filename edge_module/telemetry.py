@@ -82,7 +82,7 @@ class TelemetryBuilder:
             "type": "edge-metrics",
             "time": utc_now(),
             "periodSeconds": round(now - self._last, 3),
-            "uptimeSeconds": round(time.time() - self.metrics.started, 1),
+            "uptimeSeconds": round(self.metrics.uptime_seconds, 1),
             "process": {"cpuSeconds": round(times.user + times.system, 3), "rssBytes": _resident_bytes()},
             "models": models,
             **(extra or {}),
