@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from cloud.errors import ModelNotFound, RegistryError
+from edge_module.store import NAME_PATTERN
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 ENV_ROOT = "CLOUD_REGISTRY_DIR"
 MODEL_FILE = "model.onnx"

@@ -59,5 +59,9 @@ class StoreError(EdgeError):
     status_code = 500
 
 
+class DigestMismatch(StoreError):
+    """A file's content does not hash to the sha256 it was expected to have."""
+
+
 class InferenceError(EdgeError):
     status_code = 500

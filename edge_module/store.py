@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from edge_module.errors import InvalidRequest, StoreError
+from edge_module.errors import DigestMismatch, InvalidRequest, StoreError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -147,7 +147,7 @@ class ModelStore:
             os.fsync(handle.fileno())
         actual = sha256_of_file(temp_path)
         if expected_sha256 is not None and actual != expected_sha256:
-            raise StoreError(f"sha256 mismatch: expected {expected_sha256}, got {actual}")
+            raise DigestMismatch(f"sha256 mismatch: expected {expected_sha256}, got {actual}")
         target = self.blob_path(actual)
         with self._lock:
             if not target.exists():
@@ -160,7 +160,7 @@ class ModelStore:
         with self.temp_file() as (path, handle):
             handle.write(data)
             handle.flush()
-            return self.commit_temp(path, hashlib.sha256(data).hexdigest())
+            return self.commit_temp(path)
 
     def read_blob(self, sha256: str) -> bytes:
         """Read a blob and prove it is intact: disks on unattended devices do rot."""

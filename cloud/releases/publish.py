@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cloud.releases.errors import PublishError
+from edge_module.store import sha256_of_file
 
 BLOB_SCHEME = "az"
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
@@ -38,14 +39,6 @@ class Publisher(Protocol):
     def publish(self, name: str, version: str, source: Path, sha256: str) -> Published: ...
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def object_path(name: str, version: str) -> str:
     return f"{name}/{version}/model.onnx"
 
@@ -58,7 +51,7 @@ class FolderPublisher:
     def publish(self, name: str, version: str, source: Path, sha256: str) -> Published:
         target = self.root / object_path(name, version)
         if target.exists():
-            if file_sha256(target) != sha256:
+            if sha256_of_file(target) != sha256:
                 raise PublishError(f"{target} already holds different content; published versions are immutable")
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +66,7 @@ class FolderPublisher:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-            if file_sha256(target) != sha256:
+            if sha256_of_file(target) != sha256:
                 raise PublishError(f"{target}: sha256 changed while copying")
         uri = f"{self.base_uri}/{object_path(name, version)}" if self.base_uri else target.resolve().as_uri()
         return Published(uri=uri, location=uri)

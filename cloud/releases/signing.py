@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloud.releases.errors import PublishError, SigningKeyError
-from cloud.releases.publish import Publisher, file_sha256
+from cloud.releases.publish import Publisher
 from edge_module.release import Release, ReleaseError, parse_release, sign_release, verify_signature
+from edge_module.store import sha256_of_file
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,7 +27,7 @@ def make_release(
         size = model_path.stat().st_size
     except OSError as error:
         raise PublishError(f"cannot read {model_path}: {error.strerror}") from None
-    actual = file_sha256(model_path)
+    actual = sha256_of_file(model_path)
     if actual != sha256:
         raise PublishError(f"{model_path}: sha256 is {actual}, the registry recorded {sha256}; refusing to release")
     published = publisher.publish(name, version, model_path, sha256)

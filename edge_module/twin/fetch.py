@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
-from edge_module.errors import EdgeError
+from edge_module.errors import DigestMismatch, EdgeError
 from edge_module.release import Release
 from edge_module.store import ModelStore
 
@@ -89,18 +88,11 @@ async def fetch_release(
         received = handle.tell()
         if release.size is not None and received != release.size:
             raise VerificationError(f"size mismatch: expected {release.size} bytes, got {received}")
-        actual = await asyncio.to_thread(_sha256_of, path)
-        if actual != release.sha256:
-            raise VerificationError(f"sha256 mismatch: expected {release.sha256}, got {actual}")
-        return await asyncio.to_thread(store.commit_temp, path, release.sha256)
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+        try:
+            # commit_temp hashes the file once and refuses a mismatch: no second pass over a large model here.
+            return await asyncio.to_thread(store.commit_temp, path, release.sha256)
+        except DigestMismatch as exc:
+            raise VerificationError(exc.message) from None
 
 
 def _copy_file(uri: str, handle: BinaryIO, limit: int) -> None:
