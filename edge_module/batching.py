@@ -46,7 +46,7 @@ class BatchPolicy:
 
 def batchable(model: OnnxModel) -> bool:
     """Only models whose every input and output has a dynamic leading (batch) dimension can be merged."""
-    return all(spec.shape and spec.shape[0] == -1 for spec in (*model.inputs, *model.outputs))
+    return model.batchable
 
 
 @dataclass
@@ -104,7 +104,7 @@ class Batcher:
         return dict(self._overrides)
 
     def applies_to(self, model: OnnxModel) -> bool:
-        return self.policy_for(model.name).enabled and batchable(model)
+        return model.batchable and self.policy_for(model.name).enabled
 
     # -- running ---------------------------------------------------------------------------------
 

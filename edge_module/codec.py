@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,16 +21,28 @@ from edge_module.tensors import V2_TO_NUMPY, v2_datatype_of
 HEADER_LENGTH = "inference-header-content-length"
 _LENGTH_PREFIX = struct.Struct("<I")
 MAX_DIMS = 8
+_NO_BINARY = memoryview(b"")
 
 
-@dataclass
 class InferRequest:
-    inputs: dict[str, np.ndarray]
-    id: str | None = None
-    # Requested outputs in order, each with whether it goes back as binary. Empty means all outputs.
-    outputs: list[tuple[str, bool]] = field(default_factory=list)
-    binary_output: bool = False
-    parameters: dict[str, Any] = field(default_factory=dict)
+    """A decoded request. ``outputs``: requested outputs in order, each with whether it goes back as binary;
+    empty means all outputs, as ``binary_output`` says."""
+
+    __slots__ = ("binary_output", "id", "inputs", "outputs", "parameters")
+
+    def __init__(
+        self,
+        inputs: dict[str, np.ndarray],
+        id: str | None = None,
+        outputs: list[tuple[str, bool]] | None = None,
+        binary_output: bool = False,
+        parameters: dict[str, Any] | None = None,
+    ) -> None:
+        self.inputs = inputs
+        self.id = id
+        self.outputs = outputs if outputs is not None else []
+        self.binary_output = binary_output
+        self.parameters = parameters if parameters is not None else {}
 
 
 def _load_json(raw: bytes | memoryview) -> Any:
@@ -53,7 +64,7 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
     if not isinstance(raw, list) or len(raw) > MAX_DIMS:
         raise InvalidInput(f"input '{name}': 'shape' must be a list of at most {MAX_DIMS} non-negative integers")
     for dim in raw:
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+        if type(dim) is not int or dim < 0:
             raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers, got {raw}")
     return tuple(raw)
 
@@ -136,18 +147,19 @@ def _decode_bytes_elements(buffer: memoryview, expected: int, name: str) -> np.n
 
 def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> InferRequest:
     """Decode a V2 infer request for ``model``; ``header_length`` comes from Inference-Header-Content-Length."""
-    view = memoryview(body)
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise InvalidRequest(
                 f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
             )
+        view = memoryview(body)
         header = _load_json(view[:header_length])
         binary = view[header_length:]
     else:
-        header = _load_json(view)
-        binary = view[:0]
-    header = _as_dict(header, "the request")
+        header = _load_json(body)
+        binary = _NO_BINARY
+    if type(header) is not dict:
+        header = _as_dict(header, "the request")
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidRequest("the request needs a non-empty 'inputs' list")
@@ -155,7 +167,8 @@ def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> 
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for raw in raw_inputs:
-        raw = _as_dict(raw, "each input")
+        if type(raw) is not dict:
+            raw = _as_dict(raw, "each input")
         name = raw.get("name")
         if not isinstance(name, str):
             raise InvalidRequest("each input needs a string 'name'")
@@ -166,10 +179,10 @@ def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> 
         if datatype != spec.datatype:
             raise InvalidInput(f"input '{name}' has datatype {datatype}, model '{model.name}' expects {spec.datatype}")
         shape = _shape(raw.get("shape"), name)
-        params = _as_dict(raw.get("parameters"), f"parameters of input '{name}'")
-        size = params.get("binary_data_size")
+        params = raw.get("parameters")
+        size = None if params is None else _as_dict(params, f"parameters of input '{name}'").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            if type(size) is not int or size < 0:
                 raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
             if header_length is None:
                 raise InvalidRequest(
@@ -188,38 +201,38 @@ def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> 
     if offset != len(binary):
         raise InvalidRequest(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
 
-    params = _as_dict(header.get("parameters"), "request parameters")
+    params = header.get("parameters")
+    params = {} if params is None else _as_dict(params, "request parameters")
     binary_default = params.get("binary_data_output") is True
-    outputs: list[tuple[str, bool]] = []
     raw_outputs = header.get("outputs")
-    if raw_outputs is not None:
-        if not isinstance(raw_outputs, list):
-            raise InvalidRequest("'outputs' must be a list")
-        known = set(model.output_names)
-        for raw in raw_outputs:
-            raw = _as_dict(raw, "each requested output")
-            name = raw.get("name")
-            if name not in known:
-                raise InvalidRequest(f"unknown output {name!r}; model '{model.name}' has: {', '.join(known)}")
-            out_params = _as_dict(raw.get("parameters"), f"parameters of output '{name}'")
-            outputs.append((name, bool(out_params.get("binary_data", binary_default))))
+    outputs = [] if raw_outputs is None else _requested_outputs(raw_outputs, binary_default, model)
     request_id = header.get("id")
-    return InferRequest(
-        inputs=inputs,
-        id=request_id if isinstance(request_id, str) else None,
-        outputs=outputs,
-        binary_output=binary_default,
-        parameters=params,
-    )
+    return InferRequest(inputs, request_id if isinstance(request_id, str) else None, outputs, binary_default, params)
+
+
+def _requested_outputs(raw_outputs: Any, binary_default: bool, model: OnnxModel) -> list[tuple[str, bool]]:
+    if not isinstance(raw_outputs, list):
+        raise InvalidRequest("'outputs' must be a list")
+    known = set(model.output_names)
+    outputs: list[tuple[str, bool]] = []
+    for raw in raw_outputs:
+        raw = _as_dict(raw, "each requested output")
+        name = raw.get("name")
+        if name not in known:
+            raise InvalidRequest(f"unknown output {name!r}; model '{model.name}' has: {', '.join(known)}")
+        out_params = _as_dict(raw.get("parameters"), f"parameters of output '{name}'")
+        outputs.append((name, bool(out_params.get("binary_data", binary_default))))
+    return outputs
 
 
 def _json_data(array: np.ndarray) -> Any:
-    flat = array.reshape(-1)
-    if flat.dtype.kind == "O":
-        return [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in flat]
-    if flat.dtype.kind == "U":
-        return flat.tolist()
-    return flat  # orjson serialises contiguous numpy arrays natively
+    kind = array.dtype.kind
+    if kind == "O":
+        return [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
+    if kind == "U":
+        return array.reshape(-1).tolist()
+    # orjson serialises contiguous numpy arrays natively; V2 data is flat.
+    return array if array.ndim == 1 else array.reshape(-1)
 
 
 def _binary_data(array: np.ndarray) -> bytes:
@@ -230,7 +243,7 @@ def _binary_data(array: np.ndarray) -> bytes:
             parts.append(_LENGTH_PREFIX.pack(len(encoded)))
             parts.append(encoded)
         return b"".join(parts)
-    return np.ascontiguousarray(array).tobytes()
+    return array.tobytes()  # C order whatever the array's layout
 
 
 def encode_response(
@@ -245,18 +258,26 @@ def encode_response(
     buffers: list[bytes] = []
     for name, as_binary in wanted:
         array = results[name]
-        entry: dict[str, Any] = {"name": name, "datatype": v2_datatype_of(array), "shape": list(array.shape)}
         if as_binary:
             data = _binary_data(array)
-            entry["parameters"] = {"binary_data_size": len(data)}
             buffers.append(data)
+            outputs.append(
+                {
+                    "name": name,
+                    "datatype": v2_datatype_of(array),
+                    "shape": array.shape,
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            )
         else:
-            entry["data"] = _json_data(array)
-        outputs.append(entry)
+            outputs.append(
+                {"name": name, "datatype": v2_datatype_of(array), "shape": array.shape, "data": _json_data(array)}
+            )
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
     if request.id is not None:
         response["id"] = request.id
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not buffers:
         return header, None
-    return header + b"".join(buffers), len(header)
+    buffers.insert(0, header)
+    return b"".join(buffers), len(header)

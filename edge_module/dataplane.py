@@ -141,27 +141,29 @@ class DataPlane:
         self, name: str, version: str | None, body: bytes, header_length: int | None
     ) -> tuple[bytes, int | None]:
         """Decode, validate, run and encode one V2 request; returns the body and binary header length."""
-        started = time.perf_counter_ns()
+        clock = time.perf_counter_ns
+        started = clock()
         # One reference for the whole request: a concurrent swap cannot change the version under it.
         model = self.repository.get(name, version)
         stats = self.stats.for_version(name, model.version)
         try:
             request = decode_request(body, header_length, model)
-            model.validate(request.inputs)
-            decoded = time.perf_counter_ns()
-            results, queued, executions = await self._run(model, request.inputs, request.outputs)
-            ran = time.perf_counter_ns()
+            inputs = request.inputs
+            model.validate(inputs)
+            decoded = clock()
+            wanted = [output for output, _ in request.outputs] if request.outputs else None
+            results, queued, executions = await self._run(model, inputs, wanted)
+            ran = clock()
             encoded = encode_response(name, model.version, results, request)
         except EdgeError:
-            stats.record_failure(time.perf_counter_ns() - started)
+            stats.record_failure(clock() - started)
             raise
-        finished = time.perf_counter_ns()
-        batch = _batch_size(request.inputs)
-        stats.record_success(
-            batch, queued, decoded - started, ran - decoded - queued, finished - ran, finished - started, executions
-        )
+        finished = clock()
+        compute = ran - decoded - queued
+        total = finished - started
+        stats.record_success(_batch_size(inputs), queued, decoded - started, compute, finished - ran, total, executions)
         for observer in self.observers:
-            observer(model, request.inputs, results, queued, ran - decoded - queued, finished - started)
+            observer(model, inputs, results, queued, compute, total)
         return encoded
 
     async def infer_arrays(
@@ -173,7 +175,7 @@ class DataPlane:
         stats = self.stats.for_version(name, model.version)
         try:
             model.validate(inputs)
-            results, queued, executions = await self._run(model, inputs, ())
+            results, queued, executions = await self._run(model, inputs, None)
         except EdgeError:
             stats.record_failure(time.perf_counter_ns() - started)
             raise
@@ -184,14 +186,17 @@ class DataPlane:
         return model, results
 
     async def _run(
-        self, model: OnnxModel, inputs: dict[str, np.ndarray], outputs: Sequence[tuple[str, bool]]
+        self, model: OnnxModel, inputs: dict[str, np.ndarray], output_names: list[str] | None
     ) -> tuple[dict[str, np.ndarray], int, int]:
         """Outputs, nanoseconds queued for a batch, and executions to count (0 when another request counted it)."""
         try:
-            if self.batcher.applies_to(model):
+            if model.batchable and self.batcher.applies_to(model):
                 results, queued, counted = await self.batcher.run(model, inputs)
                 return results, queued, int(counted)
-            return await self._execute(model, inputs, [name for name, _ in outputs] or None), 0, 1
+            if model.runs_inline:
+                return model.run(inputs, output_names), 0, 1
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, model.run, inputs, output_names), 0, 1
         except EdgeError:
             raise
         except Exception as exc:  # onnxruntime's errors are not a stable API
@@ -202,6 +207,7 @@ class DataPlane:
     async def _execute(
         self, model: OnnxModel, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
     ) -> dict[str, np.ndarray]:
+        """How the batcher runs a merged batch: inline or in a worker thread, as the model's service time says."""
         if model.runs_inline:
             return model.run(inputs, output_names)
         loop = asyncio.get_running_loop()

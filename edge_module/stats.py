@@ -9,14 +9,34 @@ _PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "comput
 
 
 class VersionStats:
-    __slots__ = ("counts", "execution_count", "inference_count", "last_inference_ms", "nanos")
+    """Counters on slots: a request adds to a few integers; dicts are built only when read."""
+
+    __slots__ = (
+        "execution_count",
+        "fail_count",
+        "fail_ns",
+        "infer_ns",
+        "inference_count",
+        "input_ns",
+        "last_inference",
+        "output_ns",
+        "queue_ns",
+        "success_count",
+        "success_ns",
+    )
 
     def __init__(self) -> None:
-        self.counts = dict.fromkeys(_PHASES, 0)
-        self.nanos = dict.fromkeys(_PHASES, 0)
+        self.success_count = 0
+        self.success_ns = 0
+        self.fail_count = 0
+        self.fail_ns = 0
+        self.queue_ns = 0
+        self.input_ns = 0
+        self.infer_ns = 0
+        self.output_ns = 0
         self.inference_count = 0
         self.execution_count = 0
-        self.last_inference_ms = 0
+        self.last_inference = 0.0  # seconds since the epoch
 
     def record_success(
         self,
@@ -28,27 +48,43 @@ class VersionStats:
         total_ns: int,
         executions: int = 1,  # 0 for a request that rode in a merged (batched) run counted by another
     ) -> None:
-        counts, nanos = self.counts, self.nanos
-        counts["success"] += 1
-        nanos["success"] += total_ns
-        counts["queue"] += 1
-        nanos["queue"] += queue_ns
-        counts["compute_input"] += 1
-        nanos["compute_input"] += input_ns
-        counts["compute_infer"] += 1
-        nanos["compute_infer"] += infer_ns
-        counts["compute_output"] += 1
-        nanos["compute_output"] += output_ns
+        self.success_count += 1
+        self.success_ns += total_ns
+        self.queue_ns += queue_ns
+        self.input_ns += input_ns
+        self.infer_ns += infer_ns
+        self.output_ns += output_ns
         self.inference_count += batch
         self.execution_count += executions
-        self.last_inference_ms = int(time.time() * 1000)
+        self.last_inference = time.time()
 
     def record_failure(self, total_ns: int) -> None:
-        self.counts["fail"] += 1
-        self.nanos["fail"] += total_ns
+        self.fail_count += 1
+        self.fail_ns += total_ns
 
     def record_batched_execution(self) -> None:
         self.execution_count += 1
+
+    @property
+    def last_inference_ms(self) -> int:
+        return int(self.last_inference * 1000)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        # Every successful request passes through each phase once (Triton counts them the same way).
+        done = self.success_count
+        return {"success": done, "fail": self.fail_count} | dict.fromkeys(_PHASES[2:], done)
+
+    @property
+    def nanos(self) -> dict[str, int]:
+        return {
+            "success": self.success_ns,
+            "fail": self.fail_ns,
+            "queue": self.queue_ns,
+            "compute_input": self.input_ns,
+            "compute_infer": self.infer_ns,
+            "compute_output": self.output_ns,
+        }
 
 
 class InferenceStats:
@@ -70,6 +106,7 @@ class InferenceStats:
         for (model, ver), stats in sorted(self._by_version.items()):
             if (name and model != name) or (version and ver != version):
                 continue
+            counts, nanos = stats.counts, stats.nanos
             entries.append(
                 {
                     "name": model,
@@ -77,9 +114,7 @@ class InferenceStats:
                     "last_inference": stats.last_inference_ms,
                     "inference_count": stats.inference_count,
                     "execution_count": stats.execution_count,
-                    "inference_stats": {
-                        phase: {"count": stats.counts[phase], "ns": stats.nanos[phase]} for phase in _PHASES
-                    },
+                    "inference_stats": {phase: {"count": counts[phase], "ns": nanos[phase]} for phase in _PHASES},
                     "batch_stats": [],
                 }
             )

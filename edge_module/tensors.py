@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,12 +45,12 @@ FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 
 
 def v2_datatype_of(array: np.ndarray) -> str:
+    name = NUMPY_TO_V2.get(array.dtype)
+    if name is not None:
+        return name
     if array.dtype.kind in ("O", "U", "S"):
         return "BYTES"
-    try:
-        return NUMPY_TO_V2[array.dtype]
-    except KeyError:
-        raise TypeError(f"no V2 datatype for numpy dtype {array.dtype}") from None
+    raise TypeError(f"no V2 datatype for numpy dtype {array.dtype}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,12 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    # The dimensions after the first when only the first may vary (the usual [-1, features]), else None.
+    _fixed_tail: tuple[int, ...] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tail = self.shape[1:]
+        object.__setattr__(self, "_fixed_tail", tail if self.shape and -1 not in tail else None)
 
     @property
     def numpy_dtype(self) -> np.dtype[np.generic]:
@@ -68,6 +74,9 @@ class TensorSpec:
     def shape_matches(self, shape: tuple[int, ...]) -> bool:
         if len(shape) != len(self.shape):
             return False
+        tail = self._fixed_tail
+        if tail is not None:
+            return shape[1:] == tail and self.shape[0] in (-1, shape[0])
         return all(expected in (-1, actual) for expected, actual in zip(self.shape, shape, strict=True))
 
     def as_dict(self) -> dict[str, object]:
