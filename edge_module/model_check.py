@@ -11,8 +11,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
+from edge_module import onnx_wire
 from edge_module.errors import ModelLoadError
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
@@ -23,56 +23,27 @@ CHECK_TIMEOUT_S = 120.0
 
 def static_problems(data: bytes) -> list[str]:
     """Reasons to refuse the file, without running it."""
-    import onnx
-
     try:
-        model = onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf raises DecodeError and others
+        model = onnx_wire.summarize(data)
+    except onnx_wire.WireError as exc:
         return [f"not a loadable ONNX file: {exc}"]
+    if not model.has_graph:
+        return ["not a loadable ONNX file: it has no graph"]
     problems: list[str] = []
-    domains = {opset.domain for opset in model.opset_import}
-    for node in _all_nodes(model.graph):
-        domains.add(node.domain)
-    unexpected = sorted(domains - ALLOWED_DOMAINS)
+    unexpected = sorted(model.domains - ALLOWED_DOMAINS)
     if unexpected:
         problems.append(f"unexpected operator domain(s): {', '.join(unexpected)}")
-    if model.functions:
+    if model.function_count:
         problems.append("model-local functions are not accepted")
-    for tensor in _all_initializers(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "?")
-            problems.append(f"initializer '{tensor.name}' references external data ({location!r})")
-    for value in list(model.graph.input) + list(model.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) > MAX_RANK:
-            problems.append(f"'{value.name}' declares rank {len(dims)} (limit {MAX_RANK})")
-        for dim in dims:
-            if dim.HasField("dim_value") and not 0 <= dim.dim_value <= MAX_DIM:
-                problems.append(f"'{value.name}' declares an absurd dimension {dim.dim_value}")
+    for tensor in model.external_tensors:
+        problems.append(f"initializer '{tensor.name}' references external data ({tensor.location!r})")
+    for value in model.graph_io:
+        if len(value.dims) > MAX_RANK:
+            problems.append(f"'{value.name}' declares rank {len(value.dims)} (limit {MAX_RANK})")
+        for dim in value.dims:
+            if dim is not None and not 0 <= dim <= MAX_DIM:
+                problems.append(f"'{value.name}' declares an absurd dimension {dim}")
     return problems
-
-
-def _all_nodes(graph: Any) -> list[Any]:
-    nodes = []
-    for node in graph.node:
-        nodes.append(node)
-        for attribute in node.attribute:
-            if attribute.g is not None and attribute.HasField("g"):
-                nodes.extend(_all_nodes(attribute.g))
-            for subgraph in attribute.graphs:
-                nodes.extend(_all_nodes(subgraph))
-    return nodes
-
-
-def _all_initializers(graph: Any) -> list[Any]:
-    tensors = list(graph.initializer)
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                tensors.append(attribute.t)
-            if attribute.HasField("g"):
-                tensors.extend(_all_initializers(attribute.g))
-    return tensors
 
 
 def check_in_subprocess(path: Path, max_bytes: int) -> None:
