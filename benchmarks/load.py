@@ -50,7 +50,7 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     errors: int
-    server_cpu_us: float  # per request, all threads of the server process
+    server_cpu_us: float  # per request, all threads of the server process and its children
 
     @property
     def rps(self) -> float:
@@ -75,6 +75,25 @@ def pinned(command: Sequence[str], core: int) -> list[str]:
     return list(command)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (MLServer runs inference in child processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
 def process_cpu_ns(pid: int) -> int:
     """CPU time of every thread of ``pid`` (nanosecond schedstat when available, else clock ticks)."""
     total = 0
@@ -87,6 +106,16 @@ def process_cpu_ns(pid: int) -> int:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         ticks = int(fields[11]) + int(fields[12])
         return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_ns(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += process_cpu_ns(pid)
+        except OSError:  # exited meanwhile
+            continue
+    return total
 
 
 def rss_mb(pid: int) -> float:
@@ -137,9 +166,10 @@ def run_wrk(
     script.write_text(_LUA.format(content_type=body.content_type, extra_header=extra, body_path=body_path))
     duration = f"{max(1, round(seconds))}s"  # wrk takes whole seconds
     command = pinned([wrk, "-t1", f"-c{connections}", f"-d{duration}", "--latency", "-s", str(script), url], core)
-    cpu_before = process_cpu_ns(server_pid)
+    pids = process_tree(server_pid)
+    cpu_before = tree_cpu_ns(pids)
     completed = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    cpu_after = process_cpu_ns(server_pid)
+    cpu_after = tree_cpu_ns(pids)
     line = next((ln for ln in completed.stdout.splitlines() if ln.startswith("WRK-JSON ")), None)
     if completed.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stdout}{completed.stderr}")

@@ -1,7 +1,8 @@
-"""``python -m benchmarks.run [--quick]``: the module against its floors, under wrk, in one run.
+"""``python -m benchmarks.run [--quick] [--mlserver]``: the module against its floors, under wrk, in one run.
 
 The server under test is pinned to core 0 and wrk to core 1. Figures from one run are compared with
 each other (ratios); absolute numbers depend on the machine and on whatever else it is doing.
+``--mlserver`` also measures MLServer 1.7.1 on the small model (JSON), from its own virtual environment.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from benchmarks import mlserver
 from benchmarks.load import Body, LoadResult, free_port, pinned, rss_mb, run_wrk, wait_until, warm_up
 from benchmarks.models import Reference, reference
 
@@ -37,7 +39,7 @@ Key = tuple[str, str, str, int]  # server, model, mode, connections
 
 @dataclass(frozen=True)
 class Measurement:
-    server: str  # module | module+batching | floor
+    server: str  # module | module+batching | floor | mlserver | mlserver-inline
     model: str
     mode: str  # json | binary
     connections: int
@@ -132,6 +134,14 @@ def floor_server(refs: dict[str, Reference], workdir: Path) -> Any:
     return server("floor", command, {}, port, probe, f"/v2/models/{first.name}/infer", workdir / "floor.log")
 
 
+def mlserver_server(ref: Reference, workdir: Path, venv: Path, config: str) -> Any:
+    command = mlserver.ensure_venv(venv)
+    root, port = mlserver.model_folder(ref, workdir, config)
+    probe = bodies(ref)["json"]
+    path = f"/v2/models/{ref.name}/infer"
+    return server(config, [str(command), "start", str(root)], {}, port, probe, path, workdir / f"{config}.log")
+
+
 def measure(srv: Server, ref: Reference, mode: str, conns: int, args: argparse.Namespace, round_: int) -> Measurement:
     url = f"{srv.url}/v2/models/{ref.name}/infer"
     body = bodies(ref)[mode]
@@ -203,14 +213,15 @@ def _cpu(r: LoadResult) -> float:
     return r.server_cpu_us
 
 
-def scenarios(refs: dict[str, Reference]) -> list[tuple[str, str, int, tuple[str, ...]]]:
+def scenarios(refs: dict[str, Reference], with_mlserver: bool = False) -> list[tuple[str, str, int, tuple[str, ...]]]:
     """(model, mode, connections, servers): the servers of one scenario are measured back to back."""
     out: list[tuple[str, str, int, tuple[str, ...]]] = []
     for name in refs:
         servers = ("module", "module+batching") if name == "heavy" else ("floor", "module")
         for mode in ("json",) if name == "heavy" else ("json", "binary"):
             for conns in (1, 32):
-                out.append((name, mode, conns, servers))
+                extra = tuple(mlserver.CONFIGS) if with_mlserver and name == "small" and mode == "json" else ()
+                out.append((name, mode, conns, servers + extra))
     return out
 
 
@@ -218,12 +229,16 @@ def _fmt(r: LoadResult) -> str:
     return f"p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms  {r.rps:9.0f} req/s  {r.server_cpu_us:7.1f} µs CPU/req"
 
 
-def in_process_us(ref: Reference, calls: int) -> float:
-    """Median microseconds of one onnxruntime call in this process: the floor under every server."""
+def in_process_us(ref: Reference, calls: int, rows: int = 0) -> float:
+    """Median microseconds of one onnxruntime call in this process: the floor under every server.
+
+    ``rows`` repeats the sample to that many rows (a merged batch); 0 keeps the reference's own batch.
+    """
     from benchmarks.floor import session
 
     sess = session(str(ref.path))
-    feed = {sess.get_inputs()[0].name: ref.rows}
+    sample = np.resize(ref.rows, (rows, ref.features)) if rows else ref.rows
+    feed = {sess.get_inputs()[0].name: sample}
     for _ in range(20):
         sess.run(None, feed)
     timings = []
@@ -249,7 +264,7 @@ def cold_start(workdir: Path, repeats: int) -> dict[str, float]:
     return {"ready_seconds": round(statistics.median(seconds), 3), "rss_mb": round(statistics.median(rss), 1)}
 
 
-def targets(ms: list[Measurement], service_ms: dict[str, float], delay_ms: float) -> list[dict[str, Any]]:
+def targets(ms: list[Measurement], heavy: HeavyFigures | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
     def check(what: str, value: float | None, op: str, bound: float) -> None:
@@ -270,6 +285,13 @@ def targets(ms: list[Measurement], service_ms: dict[str, float], delay_ms: float
         "<=",
         1.6,
     )
+    for config in mlserver.CONFIGS:
+        check(
+            f"small json c32: req/s vs {config}",
+            paired(ms, ("module", "small", "json", 32), (config, "small", "json", 32), _rps),
+            ">=",
+            10.0,
+        )
     for model, bound in (("small", 1.0), ("wide", 2.0)):
         for conns in (1, 32):
             check(
@@ -280,13 +302,123 @@ def targets(ms: list[Measurement], service_ms: dict[str, float], delay_ms: float
             )
     on_32, off_32 = ("module+batching", "heavy", "json", 32), ("module", "heavy", "json", 32)
     check("heavy c32: batching on vs off req/s", paired(ms, on_32, off_32, _rps), ">=", 3.0)
-    p99s = [m.result.p99_ms for m in ms if m.key == on_32]
-    if p99s and "heavy" in service_ms:
-        bound = delay_ms + 3 * service_ms["heavy"]
-        check("heavy c32 batching on: p99 ms", statistics.median(p99s), "<=", bound)
+    if heavy is not None:
+        check("heavy c32 batching on: p99 ms (strict: single-row call)", heavy.p99_ms, "<=", heavy.strict_bound_ms)
+        check("heavy c32 batching on: p99 ms (as executed: 32-row call)", heavy.p99_ms, "<=", heavy.executed_bound_ms)
     on_1, off_1 = ("module+batching", "heavy", "json", 1), ("module", "heavy", "json", 1)
     check("heavy c1: batching on vs off p50", paired(ms, on_1, off_1, _p50), "<=", 1.1)
     return rows
+
+
+@dataclass(frozen=True)
+class HeavyFigures:
+    """The heavy model's tail under batching, against the bound read two ways, and what Little's law says.
+
+    The target bounds p99 by the queue delay plus three service times. Read strictly, a service time is
+    one single-row call; as the batcher executes it, one call carries a merged batch of up to
+    ``batch_max_size`` rows. At ``connections`` concurrent requests, a p99 under the strict bound needs a
+    mean latency under it too, i.e. a throughput of at least connections / bound (Little's law).
+    """
+
+    connections: int
+    delay_ms: float
+    single_ms: float
+    batch_rows: int
+    batch_ms: float
+    p50_ms: float
+    p99_ms: float
+    rps: float
+
+    @property
+    def strict_bound_ms(self) -> float:
+        return self.delay_ms + 3 * self.single_ms
+
+    @property
+    def executed_bound_ms(self) -> float:
+        return self.delay_ms + 3 * self.batch_ms
+
+    @property
+    def strict_rps_needed(self) -> float:
+        return self.connections / (self.strict_bound_ms / 1000)
+
+    @property
+    def batched_rps_ceiling(self) -> float:
+        """Requests per second if the core did nothing but full batched calls back to back."""
+        return self.batch_rows / (self.batch_ms / 1000)
+
+    def as_dict(self) -> dict[str, float]:
+        values = {
+            "connections": self.connections,
+            "delay_ms": self.delay_ms,
+            "single_row_call_ms": self.single_ms,
+            "batch_rows": self.batch_rows,
+            "batch_call_ms": self.batch_ms,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "p99_over_p50": self.p99_ms / self.p50_ms if self.p50_ms else 0.0,
+            "rps": self.rps,
+            "strict_bound_ms": self.strict_bound_ms,
+            "executed_bound_ms": self.executed_bound_ms,
+            "strict_rps_needed": self.strict_rps_needed,
+            "batched_rps_ceiling": self.batched_rps_ceiling,
+        }
+        return {k: round(v, 3) for k, v in values.items()}
+
+    def lines(self) -> list[str]:
+        return [
+            f"heavy c{self.connections} batching on: p50 {self.p50_ms:.2f} ms, p99 {self.p99_ms:.2f} ms "
+            f"(p99/p50 {self.p99_ms / self.p50_ms:.2f}), {self.rps:.0f} req/s",
+            f"  bound, strict: delay {self.delay_ms:g} + 3 x single-row call {self.single_ms:.2f} ms "
+            f"= {self.strict_bound_ms:.2f} ms; by Little's law that needs >= {self.strict_rps_needed:.0f} req/s "
+            f"({self.strict_rps_needed * self.single_ms / 1000:.1f}x one core's single-row rate)",
+            f"  bound, as executed: delay {self.delay_ms:g} + 3 x {self.batch_rows}-row call {self.batch_ms:.2f} ms "
+            f"= {self.executed_bound_ms:.2f} ms; full {self.batch_rows}-row calls back to back top out at "
+            f"{self.batched_rps_ceiling:.0f} req/s",
+        ]
+
+
+def heavy_figures(
+    ms: list[Measurement], ref: Reference, single_ms: float, rows: int, delay_ms: float
+) -> HeavyFigures | None:
+    results = [m.result for m in ms if m.key == ("module+batching", "heavy", "json", 32)]
+    if not results:
+        return None
+    med = statistics.median
+    return HeavyFigures(
+        connections=32,
+        delay_ms=delay_ms,
+        single_ms=single_ms,
+        batch_rows=rows,
+        batch_ms=in_process_us(ref, 50, rows) / 1000,
+        p50_ms=med(r.p50_ms for r in results),
+        p99_ms=med(r.p99_ms for r in results),
+        rps=med(r.rps for r in results),
+    )
+
+
+def mlserver_ratios(ms: list[Measurement]) -> dict[str, dict[str, dict[str, float]]]:
+    """Module over each MLServer configuration, small model, JSON: req/s, p50 and CPU/request ratios."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for config in mlserver.CONFIGS:
+        for conns in (1, 32):
+            module, other = ("module", "small", "json", conns), (config, "small", "json", conns)
+            ratios = {
+                name: round(value, 3)
+                for name, metric in (("rps", _rps), ("p50", _p50), ("cpu", _cpu))
+                if (value := paired(ms, module, other, metric)) is not None
+            }
+            if ratios:
+                out.setdefault(config, {})[f"c{conns}"] = ratios
+    return out
+
+
+def mlserver_lines(ms: list[Measurement]) -> list[str]:
+    return [
+        f"module vs {config} (MLServer 1.7.1), small json {conns}: "
+        f"req/s {r['rps']:.1f}x, p50 {r['p50']:.2f}x, CPU/req {r['cpu']:.2f}x"
+        for config, by_conns in mlserver_ratios(ms).items()
+        for conns, r in by_conns.items()
+    ]
 
 
 def table(ms: list[Measurement]) -> str:
@@ -307,6 +439,17 @@ def table(ms: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def mlserver_report(ms: list[Measurement]) -> dict[str, Any]:
+    return {
+        "version": "1.7.1",
+        "runtime": "benchmarks/mlserver_runtime.py (onnxruntime, 1 intra-op thread)",
+        "configs": mlserver.CONFIGS,
+        "model": "small",
+        "mode": "json",
+        "module_vs_mlserver": mlserver_ratios(ms),
+    }
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run: short measurements, one cold start")
@@ -317,6 +460,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-delay-ms", type=float, default=0.0, help="EDGE_BATCH_MAX_DELAY_MS for it")
     parser.add_argument("--cache", type=Path, default=Path("bench-results/models"), help="trained models")
     parser.add_argument("--out", type=Path, default=Path("bench-results/latest.json"), help="JSON results")
+    parser.add_argument(
+        "--mlserver", action="store_true", help="also measure MLServer 1.7.1 (small model, JSON; own venv)"
+    )
+    parser.add_argument(
+        "--mlserver-venv", type=Path, default=Path("bench-results/mlserver-venv"), help="MLServer's venv, made once"
+    )
     args = parser.parse_args(argv)
     args.duration = args.duration or (1.0 if args.quick else 2.0)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -331,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     names = [n for n in ("small", "wide", "heavy") if n in args.models.split(",")]
     refs = {name: reference(name, args.cache) for name in names}
+    with_mlserver = args.mlserver and "small" in refs
     service_ms = {name: in_process_us(ref, 200 if name == "heavy" else 2000) / 1000 for name, ref in refs.items()}
     print("in-process onnxruntime, µs/call: " + ", ".join(f"{n} {v * 1000:.1f}" for n, v in service_ms.items()))
     ms: list[Measurement] = []
@@ -345,18 +495,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "heavy" in refs:
             batching = module_server({"heavy": refs["heavy"]}, args.workdir, (args.batch_size, args.batch_delay_ms))
             servers["module+batching"] = stack.enter_context(batching)
+        for config in mlserver.CONFIGS if with_mlserver else ():
+            ref = refs["small"]
+            servers[config] = stack.enter_context(mlserver_server(ref, args.workdir, args.mlserver_venv, config))
         for round_ in range(args.rounds):
             print(f"round {round_ + 1}/{args.rounds}", flush=True)
-            for name, mode, conns, names_ in scenarios(refs):
+            for name, mode, conns, names_ in scenarios(refs, with_mlserver):
                 ms += [measure(servers[srv], refs[name], mode, conns, args, round_) for srv in names_]
         stack.close()
         cold = cold_start(args.workdir, 1 if args.quick else 3)
-    checks = targets(ms, service_ms, args.batch_delay_ms)
+    heavy = None
+    if "heavy" in refs:
+        heavy = heavy_figures(ms, refs["heavy"], service_ms["heavy"], args.batch_size, args.batch_delay_ms)
+    checks = targets(ms, heavy)
     print()
     print(table(ms))
     print()
     print(f"in-process onnxruntime µs/call: {', '.join(f'{n} {v * 1000:.1f}' for n, v in service_ms.items())}")
     print(f"cold start (process start -> ready, default model): {cold['ready_seconds']} s, RSS {cold['rss_mb']} MB")
+    for line in (heavy.lines() if heavy else []) + mlserver_lines(ms):
+        print(line)
+    if not with_mlserver:
+        print("MLServer: not measured (add --mlserver)")
     print()
     for check in checks:
         print(f"{'MET ' if check['met'] else 'MISS'}  {check['target']}: {check['value']} (target {check['bound']})")
@@ -372,8 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "summary": [row.as_dict() for row in summarize(ms)],
         "measurements": [m.as_dict() for m in ms],
         "cold_start": cold,
+        "heavy_batching": heavy.as_dict() if heavy else None,
         "targets": checks,
-        "mlserver": "not measured: optional, needs its own virtual environment (mlserver 1.7.1, uvloop<0.22)",
+        "mlserver": mlserver_report(ms) if with_mlserver else "not measured (python -m benchmarks.run --mlserver)",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
