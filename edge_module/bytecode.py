@@ -4,19 +4,24 @@ Precompiling every installed file adds about 14 MB of bytecode that is never rea
 ``.pyc`` files a running module reads. The image build runs this twice, once per layer, so that a source change
 never rebuilds the dependencies' bytecode:
 
-- ``python bytecode.py --dependencies`` (a copy of this file, before the source exists) imports every installed
-  distribution's packages and the submodules the module loads lazily;
+- ``python bytecode.py --dependencies`` (a copy of this file, before the source exists) imports the packages of
+  the direct dependencies and the submodules the module loads lazily;
 - ``python -m edge_module.bytecode`` imports every ``edge_module`` submodule, which also proves that each one
   imports with the edge dependencies alone.
 """
 
 from __future__ import annotations
 
+import compileall
 import importlib
 import importlib.metadata
+import importlib.util
+import os
 import pkgutil
+import re
+import subprocess
 import sys
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 # Loaded inside functions or by name at run time, so importing the packages does not reach them.
 LAZY_IMPORTS = (
@@ -44,40 +49,66 @@ def package_roots(files: list[PurePosixPath]) -> set[str]:
     return {root for root in roots if all(part.isidentifier() for part in root.split("."))}
 
 
-def installed_roots() -> list[str]:
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def top_level_distributions() -> list[importlib.metadata.Distribution]:
+    """Installed distributions that no other one requires: the edge's direct dependencies.
+
+    Importing their packages reaches everything the module can import, and leaves out what they import only on
+    demand (protobuf for onnxruntime's offline tools, pycparser for cffi's compiler).
+    """
+    dists = {_canonical(dist.metadata["Name"]): dist for dist in importlib.metadata.distributions()}
+    required: set[str] = set()
+    for dist in dists.values():
+        for requirement in dist.requires or ():
+            if "extra ==" not in requirement.replace('"', "").replace("'", ""):
+                required.add(_canonical(re.split(r"[\s;<>=!~\[(]", requirement.strip(), maxsplit=1)[0]))
+    return [dist for name, dist in sorted(dists.items()) if name not in required]
+
+
+def dependency_roots() -> list[str]:
     roots: set[str] = set()
-    for dist in importlib.metadata.distributions():
+    for dist in top_level_distributions():
         roots |= package_roots([PurePosixPath(str(f)) for f in dist.files or ()])
     return sorted(roots)
 
 
-def _import_all(names: list[str], strict: bool) -> list[str]:
-    failures = []
+def compile_dependencies(names: list[str]) -> list[str]:
+    """Import each of ``names`` in a child process of its own; say what had to be compiled instead.
+
+    A child that fails (onnxruntime segfaults on import under qemu-user emulation, where arm64 images are built
+    on an amd64 machine) costs nothing else: the files of the package it imported are compiled instead.
+    """
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    notes = [f"imported {len(names)} packages and modules, each in a child process"]
     for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # a third-party module with an optional extra we do not install
-            if strict:
-                raise
-            failures.append(f"{name}: {type(exc).__name__}: {exc}")
-    return failures
+        child = subprocess.run([sys.executable, "-c", f"import {name}"], env=env, capture_output=True, check=False)
+        if child.returncode != 0:
+            spec = importlib.util.find_spec(name)
+            origin = Path(spec.origin) if spec is not None and spec.origin else None
+            if origin is not None and origin.name == "__init__.py":
+                compileall.compile_dir(origin.parent, quiet=1)
+            elif origin is not None and origin.suffix == ".py":
+                compileall.compile_file(origin, quiet=1)
+            notes.append(f"import {name} exited {child.returncode}: compiled its files instead")
+    return notes
 
 
 def main(argv: list[str]) -> int:
-    sys.dont_write_bytecode = False  # the image sets PYTHONDONTWRITEBYTECODE for run time, not for this
     if argv == ["--dependencies"]:
-        failures = _import_all(installed_roots(), strict=False) + _import_all(list(LAZY_IMPORTS), strict=True)
-        for failure in failures:
-            sys.stdout.write(f"not imported (its bytecode is compiled on use): {failure}\n")
+        sys.stdout.write("\n".join(compile_dependencies([*dependency_roots(), *LAZY_IMPORTS])) + "\n")
     elif not argv:
+        sys.dont_write_bytecode = False  # the image sets PYTHONDONTWRITEBYTECODE for run time, not for this
         import edge_module
 
-        names = [info.name for info in pkgutil.walk_packages(edge_module.__path__, "edge_module.")]
-        _import_all(names, strict=True)
+        for info in pkgutil.walk_packages(edge_module.__path__, "edge_module."):
+            importlib.import_module(info.name)
+        sys.stdout.write(f"bytecode written for {len(sys.modules)} modules\n")
     else:
         sys.stderr.write("usage: python -m edge_module.bytecode [--dependencies]\n")
         return 2
-    sys.stdout.write(f"bytecode written for {len(sys.modules)} modules\n")
     return 0
 
 

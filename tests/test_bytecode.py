@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
-from edge_module.bytecode import package_roots
+import pytest
+
+from edge_module.bytecode import compile_dependencies, package_roots
 
 
 def test_package_roots_find_packages_modules_and_namespace_subpackages() -> None:
@@ -45,3 +48,20 @@ def test_unknown_arguments_are_refused() -> None:
         [sys.executable, "-m", "edge_module.bytecode", "--everything"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_a_package_crashing_on_import_gets_its_files_compiled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As onnxruntime does under qemu-user emulation, where the arm64 image is built."""
+    package = tmp_path / "crashes_on_import"
+    package.mkdir()
+    (package / "__init__.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    (package / "helpers.py").write_text("VALUE = 1\n")
+    (tmp_path / "fine.py").write_text("VALUE = 2\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    notes = compile_dependencies(["crashes_on_import", "fine"])
+
+    assert notes[1:] == [f"import crashes_on_import exited {-signal.SIGSEGV}: compiled its files instead"]
+    compiled = sorted(p.name.split(".")[0] for p in tmp_path.rglob("*.pyc"))
+    assert compiled == ["__init__", "fine", "helpers"]

@@ -8,6 +8,7 @@ to listen on 127.0.0.1 and a free port. Prints the facts as JSON; exits 1 when a
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
@@ -33,9 +34,12 @@ SAMPLE = [13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 
 SETTINGS_PROBE = "from edge_module.settings import Settings; s = Settings(); print(s.host, s.model_dir)"
 EDGE_ONLY_PROBE = (
     "import importlib.util as u;"
-    " print([m for m in ('sklearn', 'skl2onnx', 'azure.ai', 'cloud', 'pip', 'pytest') if u.find_spec(m)])"
+    " print([m for m in ('sklearn', 'skl2onnx', 'onnx', 'azure.ai', 'cloud', 'pip', 'pytest') if u.find_spec(m)])"
 )
 READY_TIMEOUT = 90.0
+ADMIN_TOKEN = "smoke-admin-token"
+# Bytecode the build writes (the installed files are read-only to the image user, so none is written at run time).
+BYTECODE_DIRS = ("opt/app/edge_module/__pycache__", "opt/venv/lib/python3.11/site-packages/numpy/__pycache__")
 
 
 @dataclass
@@ -52,6 +56,9 @@ class SmokeResult:
     model_metadata: dict[str, Any]
     infer_response: dict[str, Any]
     expected_label: int
+    vetted_load_status: int
+    vetted_version_answer: dict[str, Any]
+    bytecode_dirs: dict[str, int]
     healthcheck_exit_code: int
     env: dict[str, str]
 
@@ -73,7 +80,9 @@ def serving(box: Container, info: ImageInfo, log_path: Path) -> Iterator[tuple[s
     started = time.monotonic()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            box.run_args(info.command, env={"EDGE_HOST": "127.0.0.1", "EDGE_PORT": str(port)}),
+            box.run_args(
+                info.command, env={"EDGE_HOST": "127.0.0.1", "EDGE_PORT": str(port), "EDGE_ADMIN_TOKEN": ADMIN_TOKEN}
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -119,6 +128,11 @@ def smoke(ref: str, log_path: Path) -> SmokeResult:
             body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 13], "data": SAMPLE}]}
             answer = client.post(f"{url}/v2/models/wine/infer", json=body)
             answer.raise_for_status()
+            # A new version goes through vetting (a child process, without the onnx package) before it serves.
+            load = {"parameters": {"file:2/model.onnx": base64.b64encode(DEFAULT_MODEL.read_bytes()).decode()}}
+            headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            loaded = client.post(f"{url}/v2/repository/models/wine/load", json=load, headers=headers, timeout=60)
+            second = client.post(f"{url}/v2/models/wine/versions/2/infer", json=body).json()
             healthcheck = box.run(info.config["Healthcheck"]["Test"][1:], env={"EDGE_PORT": url.rsplit(":", 1)[1]})
         return SmokeResult(
             image=ref,
@@ -133,6 +147,9 @@ def smoke(ref: str, log_path: Path) -> SmokeResult:
             model_metadata=metadata,
             infer_response=answer.json(),
             expected_label=expected_label(),
+            vetted_load_status=loaded.status_code,
+            vetted_version_answer=second,
+            bytecode_dirs={d: len(list((box.rootfs / d).glob("*.pyc"))) for d in BYTECODE_DIRS},
             healthcheck_exit_code=healthcheck.returncode,
             env=info.env,
         )
@@ -160,6 +177,11 @@ def problems(result: SmokeResult) -> list[str]:
     outputs = {output["name"]: output["data"] for output in result.infer_response.get("outputs", [])}
     if result.infer_response.get("model_name") != "wine" or outputs.get("label") != [result.expected_label]:
         found.append(f"infer answered {result.infer_response}, expected label {result.expected_label}")
+    if result.vetted_load_status != 200 or result.vetted_version_answer.get("model_version") != "2":
+        found.append(f"loading a vetted version 2 answered {result.vetted_load_status}: {result.vetted_version_answer}")
+    for directory, count in result.bytecode_dirs.items():
+        if not count:
+            found.append(f"no bytecode in /{directory}")
     if result.healthcheck_exit_code != 0:
         found.append(f"the image's HEALTHCHECK command exited {result.healthcheck_exit_code}")
     return found

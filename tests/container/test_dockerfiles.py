@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = [REPO / "Dockerfile.amd64", REPO / "Dockerfile.arm64"]
-ARCH_WORDS = [("python:3.11-slim", "arm64v8/python:3.11-slim"), ("amd64", "arm64"), ("x86_64", "aarch64")]
+ARCH_WORDS = [("=python:3.11-", "=arm64v8/python:3.11-"), ("amd64", "arm64"), ("x86_64", "aarch64")]
 
 
 def hadolint() -> Path:
@@ -55,12 +55,13 @@ def test_hadolint_clean_at_warning_level(dockerfile: Path) -> None:
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_base_image_is_an_argument_used_by_every_stage(dockerfile: Path) -> None:
-    first_keyword, first_args = instructions(dockerfile)[0]
-    assert first_keyword == "ARG"
-    assert first_args.startswith("BASE_IMAGE=") and "python:3.11-slim-bookworm" in first_args
+def test_base_and_builder_images_are_arguments(dockerfile: Path) -> None:
+    (base_keyword, base), (builder_keyword, builder) = instructions(dockerfile)[:2]
+    assert base_keyword == builder_keyword == "ARG"
+    assert base.startswith("BASE_IMAGE=") and base.endswith("python:3.11-slim-bookworm")
+    assert builder.startswith("BUILDER_IMAGE=") and builder.endswith("python:3.11-bookworm")  # the same Python
     froms = [stage[0][1] for stage in stages(dockerfile)]
-    assert froms == ["${BASE_IMAGE} AS builder", "${BASE_IMAGE} AS runtime"]
+    assert froms == ["${BUILDER_IMAGE} AS builder", "${BASE_IMAGE} AS runtime"]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

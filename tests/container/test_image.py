@@ -28,7 +28,7 @@ ARM64_PROBE = (
     "import platform, numpy, pydantic, uvicorn, azure.iot.device, paho.mqtt.client;"
     " from edge_module.settings import Settings; s = Settings(); print(platform.machine(), s.host, s.model_dir)"
 )
-MAX_IMAGE_BYTES = 360_000_000  # guards against the cloud stack (scikit-learn, scipy, azure-ai-ml) creeping in
+MAX_IMAGE_BYTES = 260_000_000  # guards against the cloud stack (scikit-learn, scipy, azure-ai-ml) creeping in
 
 
 def build_image(*args: str, timeout: float) -> dict[str, str]:
