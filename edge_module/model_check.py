@@ -60,6 +60,8 @@ def check_in_subprocess(path: Path, max_bytes: int) -> None:
         )
     except subprocess.TimeoutExpired:
         raise ModelLoadError(f"model check did not finish within {CHECK_TIMEOUT_S:.0f}s") from None
+    except OSError as exc:  # the model is not at fault: the caller retries
+        raise OSError(exc.errno, f"could not start the model check: {exc.strerror or exc}") from exc
     if result.returncode < 0:
         raise ModelLoadError(f"model crashed the loader (signal {-result.returncode}); refused")
     try:

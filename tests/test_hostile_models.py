@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import sys
 from pathlib import Path
 
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edge_module.model_check import static_problems
+from edge_module.errors import ModelLoadError
+from edge_module.model_check import check_in_subprocess, static_problems
 from tests.support.inprocess import ADMIN_TOKEN, running_module
 from tests.support.models import iris_classifier
 
@@ -98,3 +100,14 @@ async def test_hostile_files_are_refused_and_the_old_version_keeps_serving(model
         record = module.store.get("iris")
         assert record is not None and [v.version for v in record.versions] == ["1"]
         assert sorted(p.name for p in (model_dir / "blobs").iterdir()) == [record.active.sha256]
+
+
+def test_a_check_that_cannot_start_is_an_os_error_not_the_models_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(iris_classifier().onnx)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    with pytest.raises(OSError, match="could not start the model check") as raised:
+        check_in_subprocess(model, max_bytes=10_000_000)
+    assert not isinstance(raised.value, ModelLoadError)

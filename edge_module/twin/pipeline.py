@@ -59,8 +59,8 @@ class ModelUpdater:
             return self._failed(release, exc.message, outcome)
         except EdgeError as exc:
             return self._failed(release, exc.message, Outcome.FAILED)
-        except OSError as exc:
-            return self._failed(release, f"store i/o error: {exc}", Outcome.RETRY)
+        except OSError as exc:  # a full disk, or no process could be started for the model check: retried
+            return self._failed(release, f"i/o error: {exc}", Outcome.RETRY)
         except Exception as exc:  # a bug or a library surprise must still end in a reported state
             log.exception("model %s version %s: unexpected error", release.name, release.version)
             detail = str(exc).split("?")[0][:200]  # library messages may quote a URL with its SAS
