@@ -21,7 +21,6 @@ from edge_module.tensors import V2_TO_NUMPY, v2_datatype_of
 HEADER_LENGTH = "inference-header-content-length"
 _LENGTH_PREFIX = struct.Struct("<I")
 MAX_DIMS = 8
-_NO_BINARY = memoryview(b"")
 
 
 class InferRequest:
@@ -109,17 +108,18 @@ def _all_bools(data: list[Any]) -> bool:
     return all(_all_bools(item) if isinstance(item, list) else isinstance(item, bool) for item in data)
 
 
-def _from_binary(buffer: memoryview, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+def _from_binary(body: bytes, start: int, size: int, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """The ``size`` bytes at ``start`` of the body as a tensor: a view of the body, not a copy."""
     expected = _element_count(shape)
     if datatype == "BYTES":
-        return _decode_bytes_elements(buffer, expected, name).reshape(shape)
+        return _decode_bytes_elements(memoryview(body)[start : start + size], expected, name).reshape(shape)
     dtype = V2_TO_NUMPY[datatype]
-    if len(buffer) != expected * dtype.itemsize:
+    if size != expected * dtype.itemsize:
         raise InvalidInput(
-            f"input '{name}' has {len(buffer)} bytes of binary data, "
+            f"input '{name}' has {size} bytes of binary data, "
             f"{datatype} shape {list(shape)} needs {expected * dtype.itemsize}"
         )
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    return np.frombuffer(body, dtype, expected, start).reshape(shape)
 
 
 def _decode_bytes_elements(buffer: memoryview, expected: int, name: str) -> np.ndarray:
@@ -152,12 +152,12 @@ def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> 
             raise InvalidRequest(
                 f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
             )
-        view = memoryview(body)
-        header = _load_json(view[:header_length])
-        binary = view[header_length:]
+        header = _load_json(body[:header_length])
+        offset = header_length  # binary data follows the JSON header
     else:
         header = _load_json(body)
-        binary = _NO_BINARY
+        offset = len(body)  # no binary data
+    end = len(body)
     if type(header) is not dict:
         header = _as_dict(header, "the request")
     raw_inputs = header.get("inputs")
@@ -165,7 +165,6 @@ def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> 
         raise InvalidRequest("the request needs a non-empty 'inputs' list")
 
     inputs: dict[str, np.ndarray] = {}
-    offset = 0
     for raw in raw_inputs:
         if type(raw) is not dict:
             raw = _as_dict(raw, "each input")
@@ -188,18 +187,16 @@ def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> 
                 raise InvalidRequest(
                     f"input '{name}' declares binary data but the request has no Inference-Header-Content-Length"
                 )
-            if offset + size > len(binary):
-                raise InvalidInput(
-                    f"input '{name}' declares {size} bytes of binary data; only {len(binary) - offset} remain"
-                )
-            inputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, name)
+            if offset + size > end:
+                raise InvalidInput(f"input '{name}' declares {size} bytes of binary data; only {end - offset} remain")
+            inputs[name] = _from_binary(body, offset, size, datatype, shape, name)
             offset += size
         elif "data" in raw:
             inputs[name] = _from_json_data(raw["data"], datatype, shape, name)
         else:
             raise InvalidInput(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
-    if offset != len(binary):
-        raise InvalidRequest(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
+    if offset != end:
+        raise InvalidRequest(f"the body has {end - offset} bytes of binary data that no input claims")
 
     params = header.get("parameters")
     params = {} if params is None else _as_dict(params, "request parameters")

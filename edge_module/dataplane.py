@@ -152,7 +152,14 @@ class DataPlane:
             model.validate(inputs)
             decoded = clock()
             wanted = [output for output, _ in request.outputs] if request.outputs else None
-            results, queued, executions = await self._run(model, inputs, wanted)
+            if model.runs_inline and not self.batcher.applies_to(model):
+                # Inline, as _run would, minus a coroutine: this is most requests to a small model.
+                try:
+                    results, queued, executions = model.run(inputs, wanted), 0, 1
+                except Exception as exc:
+                    raise _run_error(model, exc) from exc
+            else:
+                results, queued, executions = await self._run(model, inputs, wanted)
             ran = clock()
             encoded = encode_response(name, model.version, results, request)
         except EdgeError:
@@ -199,10 +206,8 @@ class DataPlane:
             return await loop.run_in_executor(self._executor, model.run, inputs, output_names), 0, 1
         except EdgeError:
             raise
-        except Exception as exc:  # onnxruntime's errors are not a stable API
-            if type(exc).__name__ in ("InvalidArgument", "InvalidGraph"):
-                raise InvalidInput(f"model '{model.name}' rejected the input: {exc}") from exc
-            raise InferenceError(f"model '{model.name}' version {model.version} failed to run: {exc}") from exc
+        except Exception as exc:
+            raise _run_error(model, exc) from exc
 
     async def _execute(
         self, model: OnnxModel, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
@@ -212,6 +217,13 @@ class DataPlane:
             return model.run(inputs, output_names)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, model.run, inputs, output_names)
+
+
+def _run_error(model: OnnxModel, exc: Exception) -> EdgeError:
+    """What a failed run means for the client. onnxruntime's errors are not a stable API: go by name."""
+    if type(exc).__name__ in ("InvalidArgument", "InvalidGraph"):
+        return InvalidInput(f"model '{model.name}' rejected the input: {exc}")
+    return InferenceError(f"model '{model.name}' version {model.version} failed to run: {exc}")
 
 
 def _batch_size(inputs: dict[str, np.ndarray]) -> int:

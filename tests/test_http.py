@@ -4,6 +4,7 @@ import asyncio
 import base64
 import gzip
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -278,6 +279,21 @@ async def test_body_size_limit_and_unknown_models(model_dir: Path) -> None:
         assert (await client.get("/v2/models/nope")).status_code == 404
         assert (await client.get("/v2/models/wine/versions/9/ready")).status_code == 404
         assert (await client.get("/v2/nothing")).json() == {"error": "Not Found"}
+        await assert_still_serves(client)
+
+
+async def test_a_body_in_many_chunks_is_joined_and_capped_as_it_arrives(model_dir: Path) -> None:
+    async def chunks(body: bytes, size: int) -> AsyncIterator[bytes]:
+        for start in range(0, len(body), size):
+            yield body[start : start + size]
+
+    async with running_module(model_dir, max_request_bytes=4096) as (_, client):
+        body = orjson.dumps(wine_request())
+        response = await client.post("/v2/models/wine/infer", content=chunks(body, 7))
+        assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [0]
+        # No Content-Length (chunked): the cap applies as the chunks add up.
+        big = await client.post("/v2/models/wine/infer", content=chunks(b" " * 5000, 1000))
+        assert big.status_code == 413 and "limit" in big.json()["error"]
         await assert_still_serves(client)
 
 

@@ -60,12 +60,16 @@ async def read_body_with(headers: InferHeaders, receive: Receive, limit: int, ti
         raise PayloadTooLarge(f"request body of {int(declared)} bytes exceeds the {limit}-byte limit")
     task = asyncio.current_task()
     if task is None:  # not in a task (a bare coroutine): nothing to cancel, read without a deadline
-        body = await _receive_all(receive, limit)
+        body = await _receive_rest(await receive(), receive, limit)
     else:
         # One timer handle, no closure: far cheaper than wrapping every receive() in wait_for.
         timer = asyncio.get_running_loop().call_later(timeout, task.cancel, _EXPIRED)
         try:
-            body = await _receive_all(receive, limit)
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body = message.get("body", b"")  # the usual case: the whole body in one message
+            else:
+                body = await _receive_rest(message, receive, limit)
         except asyncio.CancelledError as exc:
             if exc.args[:1] != (_EXPIRED,):
                 raise
@@ -74,25 +78,19 @@ async def read_body_with(headers: InferHeaders, receive: Receive, limit: int, ti
             raise RequestTimeout(f"request body not received within {timeout:g}s") from None
         finally:
             timer.cancel()
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
     encoding = headers.content_encoding
     if encoding:
         body = decompress(body, encoding.decode("latin-1").strip().lower(), limit)
     return body
 
 
-async def _receive_all(receive: Receive, limit: int) -> bytes:
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientDisconnected
-    body: bytes = message.get("body", b"")
-    if len(body) > limit:
-        raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-    if not message.get("more_body", False):
-        return body  # the usual case: the whole body in one message
-    chunks = [body]
-    total = len(body)
+async def _receive_rest(message: Message, receive: Receive, limit: int) -> bytes:
+    """The body from its first message on, over as many messages as the client sends it in."""
+    chunks: list[bytes] = []
+    total = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
         chunk = message.get("body", b"")
@@ -103,6 +101,7 @@ async def _receive_all(receive: Receive, limit: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+        message = await receive()
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:
