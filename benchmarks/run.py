@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
@@ -45,6 +46,7 @@ class Measurement:
     connections: int
     result: LoadResult
     round: int = 0
+    rows_per_execution: float | None = None  # the batching server's mean merged batch during this measurement
 
     @property
     def key(self) -> Key:
@@ -59,6 +61,7 @@ class Measurement:
             "connections": self.connections,
             **asdict(self.result),
             "rps": round(self.result.rps, 1),
+            "rows_per_execution": self.rows_per_execution,
         }
 
 
@@ -146,11 +149,24 @@ def measure(srv: Server, ref: Reference, mode: str, conns: int, args: argparse.N
     url = f"{srv.url}/v2/models/{ref.name}/infer"
     body = bodies(ref)[mode]
     warm_up(url, body, 20)
+    batching = srv.name == "module+batching"
+    before = execution_counts(srv, ref.name) if batching else (0, 0)
     result = run_wrk(args.wrk, url, body, conns, args.duration, srv.process.pid, args.workdir, LOAD_CORE)
     if result.errors or not result.requests:
         raise RuntimeError(f"{srv.name} {ref.name} {mode} c{conns}: {result.errors} errors")
+    rows = None
+    if batching:
+        after = execution_counts(srv, ref.name)
+        rows = round((after[0] - before[0]) / max(1, after[1] - before[1]), 2)
     print(f"  {srv.name:16} {ref.name:6} {mode:6} c{conns:<3} {_fmt(result)}", flush=True)
-    return Measurement(srv.name, ref.name, mode, conns, result, round_)
+    return Measurement(srv.name, ref.name, mode, conns, result, round_, rows)
+
+
+def execution_counts(srv: Server, model: str) -> tuple[int, int]:
+    """(rows inferred, model executions) from the module's Triton-style statistics."""
+    with urllib.request.urlopen(f"{srv.url}/v2/models/{model}/stats", timeout=10) as response:
+        stats = json.loads(response.read())["model_stats"]
+    return sum(s["inference_count"] for s in stats), sum(s["execution_count"] for s in stats)
 
 
 @dataclass(frozen=True)
@@ -325,6 +341,8 @@ class HeavyFigures:
     single_ms: float
     batch_rows: int
     batch_ms: float
+    executed_rows: float  # mean rows per merged run, as the module counted them at 32 connections
+    executed_ms: float  # in-process time of one call of that many rows
     p50_ms: float
     p99_ms: float
     rps: float
@@ -353,6 +371,8 @@ class HeavyFigures:
             "single_row_call_ms": self.single_ms,
             "batch_rows": self.batch_rows,
             "batch_call_ms": self.batch_ms,
+            "executed_rows_per_call": self.executed_rows,
+            "executed_rows_call_ms": self.executed_ms,
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
             "p99_over_p50": self.p99_ms / self.p50_ms if self.p50_ms else 0.0,
@@ -374,22 +394,28 @@ class HeavyFigures:
             f"  bound, as executed: delay {self.delay_ms:g} + 3 x {self.batch_rows}-row call {self.batch_ms:.2f} ms "
             f"= {self.executed_bound_ms:.2f} ms; full {self.batch_rows}-row calls back to back top out at "
             f"{self.batched_rps_ceiling:.0f} req/s",
+            f"  merged runs at c{self.connections} carried {self.executed_rows:.1f} rows on average "
+            f"(one call of {round(self.executed_rows)} rows: {self.executed_ms:.2f} ms in-process)",
         ]
 
 
 def heavy_figures(
     ms: list[Measurement], ref: Reference, single_ms: float, rows: int, delay_ms: float
 ) -> HeavyFigures | None:
-    results = [m.result for m in ms if m.key == ("module+batching", "heavy", "json", 32)]
-    if not results:
+    runs = [m for m in ms if m.key == ("module+batching", "heavy", "json", 32)]
+    if not runs:
         return None
+    results = [m.result for m in runs]
     med = statistics.median
+    executed = med(m.rows_per_execution or 1.0 for m in runs)
     return HeavyFigures(
         connections=32,
         delay_ms=delay_ms,
         single_ms=single_ms,
         batch_rows=rows,
         batch_ms=in_process_us(ref, 50, rows) / 1000,
+        executed_rows=executed,
+        executed_ms=in_process_us(ref, 50, max(1, round(executed))) / 1000,
         p50_ms=med(r.p50_ms for r in results),
         p99_ms=med(r.p99_ms for r in results),
         rps=med(r.rps for r in results),
