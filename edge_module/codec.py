@@ -21,6 +21,7 @@ from edge_module.tensors import V2_TO_NUMPY, v2_datatype_of
 HEADER_LENGTH = "inference-header-content-length"
 _LENGTH_PREFIX = struct.Struct("<I")
 MAX_DIMS = 8
+PLANS_KEPT = 64  # distinct binary request headers remembered per model version
 
 
 class InferRequest:
@@ -145,14 +146,67 @@ def _decode_bytes_elements(buffer: memoryview, expected: int, name: str) -> np.n
     return np.array(items, dtype=object)
 
 
+class _BinaryPlan:
+    """A binary request's JSON header, decoded and checked against the model once.
+
+    Clients send the same header for every request of the same shapes (the tensors follow it), so a
+    repeated header costs a dictionary lookup; the tensors are still read, and validated, per request.
+    """
+
+    __slots__ = ("binary_output", "inputs", "outputs", "parameters", "size")
+
+    def __init__(self, request: InferRequest, size: int) -> None:
+        self.inputs = tuple(
+            (name, array.dtype, array.size, array.shape, offset)
+            for (name, array), offset in zip(request.inputs.items(), _offsets(request.inputs), strict=True)
+        )
+        self.size = size
+        # Shared by the requests decoded from this plan: nothing changes a request's outputs or parameters.
+        self.outputs = request.outputs
+        self.binary_output = request.binary_output
+        self.parameters = request.parameters
+
+    def request(self, body: bytes, start: int) -> InferRequest:
+        inputs = {
+            name: np.frombuffer(body, dtype, count, start + offset).reshape(shape)
+            for name, dtype, count, shape, offset in self.inputs
+        }
+        return InferRequest(inputs, None, self.outputs, self.binary_output, self.parameters)
+
+
+def _offsets(inputs: dict[str, np.ndarray]) -> list[int]:
+    offsets, offset = [], 0
+    for array in inputs.values():
+        offsets.append(offset)
+        offset += array.nbytes
+    return offsets
+
+
 def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> InferRequest:
     """Decode a V2 infer request for ``model``; ``header_length`` comes from Inference-Header-Content-Length."""
-    if header_length is not None:
-        if header_length < 0 or header_length > len(body):
-            raise InvalidRequest(
-                f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
-            )
-        header = _load_json(body[:header_length])
+    if header_length is None:
+        return _decode(body, None, None, model)[0]
+    if header_length < 0 or header_length > len(body):
+        raise InvalidRequest(
+            f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
+        )
+    head = body[:header_length]
+    plans = model.decode_plans
+    plan: _BinaryPlan | None = plans.get(head)
+    if plan is not None and header_length + plan.size == len(body):
+        return plan.request(body, header_length)
+    request, all_binary = _decode(body, header_length, head, model)
+    if all_binary and request.id is None and all(array.dtype.kind != "O" for array in request.inputs.values()):
+        if len(plans) >= PLANS_KEPT:  # a client varying its shapes or parameters: start over
+            plans.clear()
+        plans[head] = _BinaryPlan(request, len(body) - header_length)
+    return request
+
+
+def _decode(body: bytes, header_length: int | None, head: bytes | None, model: OnnxModel) -> tuple[InferRequest, bool]:
+    """The request, and whether every input came as binary data."""
+    if header_length is not None and head is not None:
+        header = _load_json(head)
         offset = header_length  # binary data follows the JSON header
     else:
         header = _load_json(body)
@@ -165,6 +219,7 @@ def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> 
         raise InvalidRequest("the request needs a non-empty 'inputs' list")
 
     inputs: dict[str, np.ndarray] = {}
+    all_binary = True
     for raw in raw_inputs:
         if type(raw) is not dict:
             raw = _as_dict(raw, "each input")
@@ -193,6 +248,7 @@ def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> 
             offset += size
         elif "data" in raw:
             inputs[name] = _from_json_data(raw["data"], datatype, shape, name)
+            all_binary = False
         else:
             raise InvalidInput(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
     if offset != end:
@@ -204,7 +260,8 @@ def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> 
     raw_outputs = header.get("outputs")
     outputs = [] if raw_outputs is None else _requested_outputs(raw_outputs, binary_default, model)
     request_id = header.get("id")
-    return InferRequest(inputs, request_id if isinstance(request_id, str) else None, outputs, binary_default, params)
+    request = InferRequest(inputs, request_id if isinstance(request_id, str) else None, outputs, binary_default, params)
+    return request, all_binary
 
 
 def _requested_outputs(raw_outputs: Any, binary_default: bool, model: OnnxModel) -> list[tuple[str, bool]]:

@@ -81,6 +81,8 @@ class OnnxModel:
         self.producer = meta.producer_name
         self.service_time_ms = 0.0
         self.inline_threshold_ms = config.inline_threshold_ms
+        # The codec's decoded binary request headers for this version (edge_module/codec.py).
+        self.decode_plans: dict[bytes, Any] = {}
 
     @property
     def runs_inline(self) -> bool:

@@ -124,6 +124,47 @@ def test_every_datatype_round_trips_as_binary() -> None:
     assert offset == len(encoded)
 
 
+def _numeric_binary_request(
+    f32: list[list[float]], i64: list[list[int]], id_: str | None = None, text: bool = False
+) -> tuple[bytes, int]:
+    """Two numeric inputs as binary data (and, with ``text``, a BYTES input as JSON)."""
+    raw = {"i64": np.array(i64, np.int64).tobytes(), "f32": np.array(f32, np.float32).tobytes()}
+    inputs: list[dict[str, Any]] = [
+        {"name": name, "datatype": TYPES[name], "shape": [2, 2], "parameters": {"binary_data_size": len(data)}}
+        for name, data in raw.items()
+    ]
+    if text:
+        inputs.append({"name": "text", "datatype": "BYTES", "shape": [2, 2], "data": VALUES["text"]})
+    header = orjson.dumps({"inputs": inputs, **({"id": id_} if id_ else {})})
+    return header + raw["i64"] + raw["f32"], len(header)
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_a_repeated_binary_header_decodes_each_request_s_own_tensors(text: bool) -> None:
+    model = identity_model()
+    first = decode_request(*_numeric_binary_request([[1, 2], [3, 4]], [[1, 2], [3, 4]], text=text), model)
+    second = decode_request(*_numeric_binary_request([[5, 6], [7, 8]], [[9, 9], [9, 9]], "req-2", text), model)
+    third = decode_request(*_numeric_binary_request([[0.5, 0], [0, -1]], [[7, 7], [7, 7]], text=text), model)
+    assert first.inputs["f32"].tolist() == [[1, 2], [3, 4]] and first.id is None
+    assert second.inputs["i64"].tolist() == [[9, 9], [9, 9]] and second.id == "req-2"
+    assert third.inputs["f32"].tolist() == [[0.5, 0], [0, -1]] and third.inputs["i64"].tolist() == [[7, 7], [7, 7]]
+    assert third.id is None and list(third.inputs) == ["i64", "f32", "text"][: 3 if text else 2]
+    if text:
+        assert third.inputs["text"].tolist() == VALUES["text"]
+
+
+def test_a_repeated_binary_header_with_the_wrong_amount_of_data_is_refused() -> None:
+    model = identity_model()
+    body, length = _binary_request()
+    decode_request(body, length, model)
+    decode_request(body, length, model)
+    with pytest.raises(EdgeError, match="no input claims"):
+        decode_request(body + b"\0", length, model)
+    with pytest.raises(EdgeError, match="remain"):
+        decode_request(body[:-1], length, model)
+    assert decode_request(body, length, model).inputs["f32"].tolist() == VALUES["f32"]
+
+
 @pytest.mark.parametrize(
     ("name", "datatype", "data", "message"),
     [
