@@ -197,13 +197,10 @@ class DataPlane:
     ) -> tuple[dict[str, np.ndarray], int, int]:
         """Outputs, nanoseconds queued for a batch, and executions to count (0 when another request counted it)."""
         try:
-            if model.batchable and self.batcher.applies_to(model):
+            if self.batcher.applies_to(model):
                 results, queued, counted = await self.batcher.run(model, inputs)
                 return results, queued, int(counted)
-            if model.runs_inline:
-                return model.run(inputs, output_names), 0, 1
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, model.run, inputs, output_names), 0, 1
+            return await self._execute(model, inputs, output_names), 0, 1
         except EdgeError:
             raise
         except Exception as exc:
@@ -212,7 +209,7 @@ class DataPlane:
     async def _execute(
         self, model: OnnxModel, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
     ) -> dict[str, np.ndarray]:
-        """How the batcher runs a merged batch: inline or in a worker thread, as the model's service time says."""
+        """Inline or in a worker thread, as the model's service time says (the batcher runs merged batches so)."""
         if model.runs_inline:
             return model.run(inputs, output_names)
         loop = asyncio.get_running_loop()
