@@ -27,6 +27,7 @@ CONFIGS: dict[str, dict[str, object]] = {
     "mlserver": {},
     "mlserver-inline": {"parallel_workers": 0, "debug": False},
 }
+LABELS = {"mlserver": "MLServer 1.7.1 as shipped", "mlserver-inline": "MLServer 1.7.1 tuned (inline)"}
 
 
 def ensure_venv(venv: Path) -> Path:

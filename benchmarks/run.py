@@ -301,9 +301,9 @@ def targets(ms: list[Measurement], heavy: HeavyFigures | None) -> list[dict[str,
         "<=",
         1.6,
     )
-    for config in mlserver.CONFIGS:
+    for config, label in mlserver.LABELS.items():
         check(
-            f"small json c32: req/s vs {config}",
+            f"small json c32: req/s vs {label}",
             paired(ms, ("module", "small", "json", 32), (config, "small", "json", 32), _rps),
             ">=",
             10.0,
@@ -440,7 +440,7 @@ def mlserver_ratios(ms: list[Measurement]) -> dict[str, dict[str, dict[str, floa
 
 def mlserver_lines(ms: list[Measurement]) -> list[str]:
     return [
-        f"module vs {config} (MLServer 1.7.1), small json {conns}: "
+        f"module vs {mlserver.LABELS[config]}, small json {conns}: "
         f"req/s {r['rps']:.1f}x, p50 {r['p50']:.2f}x, CPU/req {r['cpu']:.2f}x"
         for config, by_conns in mlserver_ratios(ms).items()
         for conns, r in by_conns.items()
