@@ -61,7 +61,8 @@ def model_folder(ref: Reference, workdir: Path, config: str) -> tuple[Path, int]
     shutil.copy(RUNTIME, model_dir / RUNTIME.name)
     port = free_port()
     ports = {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "metrics_port": free_port()}
-    settings = CONFIGS[config] | ports
+    # MLServer keeps its Prometheus files in ./.metrics by default: in the run's folder, not the caller's.
+    settings = CONFIGS[config] | ports | {"metrics_dir": str(root / ".metrics")}
     (root / "settings.json").write_text(json.dumps(settings))
     model_settings = {
         "name": ref.name,
