@@ -5,6 +5,7 @@ Layout under the store root::
     blobs/<sha256>        immutable ONNX files, named by their content hash
     models/<name>.json    the pointer: active version, last-known-good, kept versions
     tmp/                  partial writes; anything here after a crash is garbage
+    partial/<sha256>      a download in progress, kept across failures and restarts so that it resumes
 
 Every write goes to ``tmp/``, is fsynced, then renamed into place, and the directory is fsynced.
 A pointer only ever names blobs that were fully written first, so a crash at any point leaves
@@ -20,6 +21,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -31,6 +33,7 @@ from edge_module.errors import DigestMismatch, InvalidRequest, StoreError
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+PARTIAL_MAX_AGE_S = 7 * 24 * 3600  # a download untouched this long is for a release nobody wants any more
 _CHUNK = 1024 * 1024
 
 
@@ -104,7 +107,9 @@ class ModelStore:
         self._blobs = root / "blobs"
         self._models = root / "models"
         self._tmp = root / "tmp"
+        self._partial = root / "partial"
         self._lock = threading.RLock()
+        self._resuming: set[str] = set()  # partial downloads open right now
         # Blobs committed but not yet named by a pointer; garbage collection must spare them.
         self._pending: set[str] = set()
 
@@ -117,7 +122,19 @@ class ModelStore:
         for leftover in self._tmp.iterdir():
             with contextlib.suppress(OSError):
                 leftover.unlink()
+        self._drop_stale_partials()
         self.collect_garbage()
+
+    def _drop_stale_partials(self) -> None:
+        # partial/ is made on first use: a store shipped read-only (an Azure ML model mount) has none.
+        if not self._partial.is_dir():
+            return
+        now = time.time()
+        for partial in self._partial.iterdir():
+            with contextlib.suppress(OSError):
+                named = SHA256_PATTERN.fullmatch(partial.name) is not None
+                if not named or self.has_blob(partial.name) or now - partial.stat().st_mtime > PARTIAL_MAX_AGE_S:
+                    partial.unlink()
 
     # -- blobs -----------------------------------------------------------------------------------
 
@@ -140,6 +157,40 @@ class ModelStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+    @contextlib.contextmanager
+    def resumable_file(self, sha256: str) -> Iterator[tuple[Path, BinaryIO]]:
+        """The partial download of blob ``sha256``, open for appending at its end.
+
+        It outlives a failed attempt and a restart, so the next download of the same content resumes where
+        this one stopped, whatever URL (or SAS token) it comes from. ``commit_temp`` moves it into place;
+        ``discard_partial`` drops bytes that proved wrong. A second download of the same content at the same
+        time gets a plain temp file.
+        """
+        path = self._partial / self.blob_path(sha256).name
+        with self._lock:
+            busy = sha256 in self._resuming
+            self._resuming.add(sha256)
+        if busy:
+            with self.temp_file() as pair:
+                yield pair
+            return
+        try:
+            self._partial.mkdir(exist_ok=True)
+            # Unbuffered: what the file holds is what arrived, should the process die now.
+            with path.open("ab", buffering=0) as handle:
+                yield path, handle
+        finally:
+            with self._lock:
+                self._resuming.discard(sha256)
+            with contextlib.suppress(FileNotFoundError):
+                # Committed (or the same content was already there), or nothing arrived: nothing to resume.
+                if self.has_blob(sha256) or path.stat().st_size == 0:
+                    path.unlink()
+
+    def discard_partial(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self._partial / self.blob_path(sha256).name).unlink()
 
     def commit_temp(self, temp_path: Path, expected_sha256: str | None = None) -> str:
         """fsync a finished temp file, check its hash, and move it into place. Returns its sha256."""

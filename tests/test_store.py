@@ -84,6 +84,61 @@ def test_unreferenced_blobs_and_temp_files_are_collected_at_open(model_dir: Path
     assert list((model_dir / "tmp").iterdir()) == []
 
 
+def test_a_partial_download_outlives_failures_and_restarts_until_committed(model_dir: Path) -> None:
+    data = b"model bytes " * 1000
+    digest = hashlib.sha256(data).hexdigest()
+    store = ModelStore(model_dir)
+    store.open()
+    with pytest.raises(ConnectionError), store.resumable_file(digest) as (_, handle):
+        handle.write(data[:5000])
+        raise ConnectionError("the link dropped")
+    restarted = ModelStore(model_dir)
+    restarted.open()
+    with restarted.resumable_file(digest) as (path, handle):
+        assert handle.tell() == 5000  # resumes at the end of what is there
+        handle.write(data[5000:])
+        handle.flush()
+        assert restarted.commit_temp(path, digest) == digest
+    assert restarted.read_blob(digest) == data
+    assert list((model_dir / "partial").iterdir()) == []
+
+
+def test_wrong_stale_or_finished_partials_are_dropped(model_dir: Path) -> None:
+    store = ModelStore(model_dir)
+    store.open()
+    done = store.put_bytes(b"already here")
+    wrong, stale, fresh = (hashlib.sha256(text).hexdigest() for text in (b"wrong", b"stale", b"fresh"))
+    for digest in (wrong, stale, fresh, done):
+        with store.resumable_file(digest) as (_, handle):
+            handle.write(b"some bytes")
+    assert sorted(p.name for p in (model_dir / "partial").iterdir()) == sorted([wrong, stale, fresh])
+    store.discard_partial(wrong)
+    old = time.time() - 8 * 24 * 3600
+    os.utime(model_dir / "partial" / stale, (old, old))
+    (model_dir / "partial" / "not-a-digest").write_bytes(b"junk")
+    ModelStore(model_dir).open()
+    assert [p.name for p in (model_dir / "partial").iterdir()] == [fresh]
+
+
+def test_a_second_download_of_the_same_content_gets_its_own_file(model_dir: Path) -> None:
+    store = ModelStore(model_dir)
+    store.open()
+    digest = hashlib.sha256(b"x").hexdigest()
+    with store.resumable_file(digest) as (first, _), store.resumable_file(digest) as (second, _):
+        assert first.parent.name == "partial" and second.parent.name == "tmp"
+    with store.resumable_file(digest) as (again, _):
+        assert again == first  # free again once the first closed
+
+
+def test_opening_a_store_writes_no_partial_dir(model_dir: Path) -> None:
+    """An Azure ML model mount is read-only, and blob storage keeps no empty folders: open() must not need one."""
+    store = ModelStore(model_dir)
+    store.open()
+    store.activate("iris", "1", store.put_bytes(b"model"))
+    ModelStore(model_dir).open()
+    assert not (model_dir / "partial").exists()
+
+
 def test_activating_a_missing_blob_or_bad_names_fails(model_dir: Path) -> None:
     store = _store(model_dir)
     with pytest.raises(StoreError, match="not in the store"):

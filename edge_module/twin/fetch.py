@@ -78,21 +78,38 @@ async def fetch_release(
     limit = release.size if release.size is not None else policy.max_bytes
     if limit > policy.max_bytes:
         raise VerificationError(f"release size {release.size} is over the {policy.max_bytes}-byte cap")
-    with store.temp_file() as (path, handle):
-        if scheme == "file":
+    if scheme == "file":
+        with store.temp_file() as (path, handle):
             await asyncio.to_thread(_copy_file, release.uri, handle, limit)
-        else:
-            await _download(release.uri, handle, limit, policy)
-        await asyncio.to_thread(handle.flush)
-        on_verifying()
-        received = handle.tell()
-        if release.size is not None and received != release.size:
-            raise VerificationError(f"size mismatch: expected {release.size} bytes, got {received}")
+            return await _commit(release, store, path, handle, on_verifying)
+    # A download resumes from what earlier attempts, or a process before a restart, already stored.
+    with store.resumable_file(release.sha256) as (path, handle):
+        if handle.tell():
+            log.info("resuming the download of %s at %d bytes", redact(release.uri), handle.tell())
         try:
-            # commit_temp hashes the file once and refuses a mismatch: no second pass over a large model here.
-            return await asyncio.to_thread(store.commit_temp, path, release.sha256)
-        except DigestMismatch as exc:
-            raise VerificationError(exc.message) from None
+            await _download(release.uri, handle, limit, policy)
+            return await _commit(release, store, path, handle, on_verifying)
+        except FetchError:
+            raise  # the network or the URL failed: what arrived is kept for the next attempt
+        except Exception:
+            # Bytes that are not the release, or a full disk that the partial file would keep full.
+            store.discard_partial(release.sha256)
+            raise
+
+
+async def _commit(
+    release: Release, store: ModelStore, path: Path, handle: BinaryIO, on_verifying: Callable[[], None]
+) -> str:
+    await asyncio.to_thread(handle.flush)
+    on_verifying()
+    received = handle.tell()
+    if release.size is not None and received != release.size:
+        raise VerificationError(f"size mismatch: expected {release.size} bytes, got {received}")
+    try:
+        # commit_temp hashes the file once and refuses a mismatch: no second pass over a large model here.
+        return await asyncio.to_thread(store.commit_temp, path, release.sha256)
+    except DigestMismatch as exc:
+        raise VerificationError(exc.message) from None
 
 
 def _copy_file(uri: str, handle: BinaryIO, limit: int) -> None:

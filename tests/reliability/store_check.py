@@ -10,7 +10,7 @@ from edge_module.store import ModelStore
 def assert_store_intact(root: Path, active: dict[str, str], settled: bool = True) -> None:
     """Every pointer names blobs whose bytes hash to their names; ``active`` maps model -> active version.
 
-    ``settled`` (no update in progress): no partial files in tmp/ and no blob that no pointer names.
+    ``settled`` (no update in progress): no partial files in tmp/ or partial/ and no blob that no pointer names.
     """
     store = ModelStore(root)  # not open(): that would clean up the very leftovers we look for
     records = store.records()
@@ -22,4 +22,6 @@ def assert_store_intact(root: Path, active: dict[str, str], settled: bool = True
             named.add(entry.sha256)
     if settled:
         assert sorted(p.name for p in (root / "tmp").iterdir()) == []
+        partial = root / "partial"
+        assert not partial.exists() or sorted(p.name for p in partial.iterdir()) == []
         assert {p.name for p in (root / "blobs").iterdir()} == named

@@ -57,9 +57,16 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, poll: float =
         time.sleep(poll)
 
 
-def kill_restart_and_converge(edge: Edge, model_dir: Path, active_after_kill: set[str], target: str = "2") -> None:
+def kill_restart_and_converge(
+    edge: Edge,
+    model_dir: Path,
+    active_after_kill: set[str],
+    target: str = "2",
+    after_kill: Callable[[], None] = lambda: None,
+) -> None:
     code = edge.module.kill()
     assert code == -9
+    after_kill()
     pointer = ModelStore(model_dir).get("iris")
     assert pointer is not None and pointer.active.version in active_after_kill
     assert_store_intact(model_dir, {"iris": pointer.active.version}, settled=False)
@@ -85,15 +92,28 @@ def start_on_v1(start_edge: EdgeFactory, releases: ReleaseServer) -> Edge:
     return edge
 
 
-def test_kill_during_download(start_edge: EdgeFactory, releases: ReleaseServer, model_dir: Path) -> None:
+def test_kill_during_download_resumes_after_restart(
+    start_edge: EdgeFactory, releases: ReleaseServer, model_dir: Path
+) -> None:
     edge = start_on_v1(start_edge, releases)
     data = NEW.onnx
-    edge.hub.patch_desired({"models": {"iris": releases.release("iris", "2", data, stall_first_at=len(data) // 2)}})
+    half = len(data) // 2
+    release = releases.release("iris", "2", data, stall_first_at=half)
+    edge.hub.patch_desired({"models": {"iris": release}})
     assert releases.stalled.wait(60), "the download never started"
     edge.hub.wait_model_state("iris", "downloading", desiredVersion="2")
-    assert any((model_dir / "tmp").iterdir()), "a partial download should be in the store's tmp/"
-    kill_restart_and_converge(edge, model_dir, active_after_kill={"1"})
+    partial = model_dir / "partial" / release["sha256"]
+    wait_for(lambda: partial.exists() and partial.stat().st_size > 0, 30, "a partial download in partial/")
+    kept: list[int] = []
+    kill_restart_and_converge(
+        edge, model_dir, active_after_kill={"1"}, after_kill=lambda: kept.append(partial.stat().st_size)
+    )
     releases.release_stall.set()
+    # The restarted module asked only for what the partial file lacked, by content hash whatever the URL.
+    # (Before the kill the first module may already have retried the stalled request with a Range itself.)
+    requests = releases.files["/models/iris/2/model.onnx"].requests
+    assert 0 < kept[0] <= len(data)
+    assert requests[0] is None and None not in requests[1:] and requests[-1] == f"bytes={kept[0]}-", requests
 
 
 def test_kill_during_verification(start_edge: EdgeFactory, releases: ReleaseServer, model_dir: Path) -> None:
@@ -106,8 +126,9 @@ def test_kill_during_verification(start_edge: EdgeFactory, releases: ReleaseServ
         blob = model_dir / "blobs" / release["sha256"]
 
         def downloaded(data: bytes = data, blob: Path = blob) -> bool:
-            # The whole file is in tmp/ and not yet committed: hashing and fsync are under way.
-            return _has_file_of_size(model_dir / "tmp", len(data)) or blob.exists()
+            # The whole file is in partial/ and not yet committed: hashing and fsync are under way.
+            partial = model_dir / "partial"
+            return (partial.is_dir() and _has_file_of_size(partial, len(data))) or blob.exists()
 
         edge.hub.patch_desired({"models": {"iris": release}})
         wait_for(downloaded, 60, "the download to complete")
