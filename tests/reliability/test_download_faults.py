@@ -55,6 +55,28 @@ async def test_a_stalled_or_reset_download_resumes_and_activates(
     assert_store_intact(twin.module.store.root, {"iris": "2"})
 
 
+async def test_a_release_reissued_with_a_fresh_sas_resumes_the_interrupted_download(
+    twin: Twin, releases: ReleaseServer
+) -> None:
+    # One attempt per try, and the next try only in a minute: the operator's new URL comes first.
+    policy = FetchPolicy(allow_insecure=True, max_bytes=10_000_000, timeout=1.0, attempts=1, backoff=0.05)
+    reconciler = Reconciler(ModelUpdater(twin.module.manager, policy, [], twin.reported), twin.reported, 60)
+    await _serving_v1(twin, reconciler, releases)
+    data = iris_classifier("2", n_estimators=7).onnx
+    half = len(data) // 2
+    v2 = releases.release("iris", "2", data, reset_first_at=half)
+    reconciler.apply_patch({"models": {"iris": v2}, "$version": 2})
+    failed = await twin.wait_state("iris", "failed", desiredVersion="2")
+    assert f"at {half} bytes" in failed["error"]
+
+    fresh = {**v2, "uri": v2["uri"].replace("sig=SECRET-SAS-SIGNATURE", "sig=FRESH")}
+    reconciler.apply_patch({"models": {"iris": fresh}, "$version": 3})
+    await twin.wait_state("iris", "active", activeVersion="2")
+    assert releases.files["/models/iris/2/model.onnx"].requests == [None, f"bytes={half}-"]
+    await reconciler.close()
+    assert_store_intact(twin.module.store.root, {"iris": "2"})
+
+
 @pytest.mark.parametrize("status", [403, 404])
 async def test_an_expired_or_missing_sas_url_fails_without_retrying_until_a_new_url_comes(
     status: int, twin: Twin, reconciler: Reconciler, releases: ReleaseServer
