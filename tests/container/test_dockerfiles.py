@@ -117,4 +117,4 @@ def test_dockerignore_admits_only_what_the_image_needs() -> None:
     ]
     assert rules[0] == "*"
     admitted = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
-    assert admitted == {"pyproject.toml", "README.md", "requirements/edge.lock", "edge_module", "wheelhouse"}
+    assert admitted == {"pyproject.toml", "README.md", "LICENSE", "requirements/edge.lock", "edge_module", "wheelhouse"}
