@@ -119,7 +119,7 @@ def test_every_datatype_round_trips_as_binary() -> None:
             assert chunk == _bytes_tensor(VALUES[name])
         else:
             dtype = {"FP64": np.float64, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_, "FP32": np.float32}
-            decoded = np.frombuffer(chunk, dtype[out["datatype"]]).reshape(2, 2)
+            decoded: np.ndarray = np.frombuffer(chunk, dtype[out["datatype"]]).reshape(2, 2)
             np.testing.assert_array_equal(decoded, np.array(VALUES[name], dtype[out["datatype"]]))
     assert offset == len(encoded)
 

@@ -32,7 +32,8 @@ def _graph_model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProt
     ]
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def external_data_model() -> bytes:

@@ -99,7 +99,8 @@ def subgraph_model() -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     function = helper.make_function("local", "f", ["a"], ["b"], [helper.make_node("Identity", ["a"], ["b"])], [])
     model.functions.append(function)
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data
 
 
 REAL = {

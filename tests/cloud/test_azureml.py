@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +36,7 @@ BLOB = f"https://{ACCOUNT}.blob.core.windows.net"
 
 
 @pytest.fixture
-def azure(monkeypatch: pytest.MonkeyPatch) -> FakeAzure:
+def azure(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzure]:
     with fake_azure(monkeypatch) as fake:
         fake.add_blob_routes()
         add_workspace_routes(fake)
@@ -170,7 +172,7 @@ def test_submit_dry_run_prints_yaml_that_load_job_reads(
     assert main([*args, "--sweep"] if sweep else args) == 0
     text = capsys.readouterr().out
     (tmp_path / "job.yml").write_text(text)
-    job = load_job(tmp_path / "job.yml")
+    job: Any = load_job(tmp_path / "job.yml")  # a CommandJob or a SweepJob
 
     assert job.compute == "azureml:cpu-cluster" or job.compute == "cpu-cluster"
     assert job.inputs["data"].path == uri

@@ -10,6 +10,7 @@ from cloud import workflow
 from cloud.data import infer_task, load_dataset, prepare
 from cloud.errors import DataError
 from cloud.profile import numeric_profile, string_profile
+from cloud.registry import LocalRegistry
 from cloud.training import Budget
 
 
@@ -121,7 +122,7 @@ def test_parity_counts_label_mismatches() -> None:
     assert report.label_mismatches == len(run.x_test)
     failed = workflow.ExportedModel("wine", model.onnx, model.metadata, report, model.algorithm, model.params)
     with pytest.raises(ParityError):
-        workflow.register(failed, workflow.LocalRegistry(Path("/nonexistent/never-written")))
+        workflow.register(failed, LocalRegistry(Path("/nonexistent/never-written")))
 
 
 def test_data_command_prints_the_report(sensor_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,13 +9,13 @@ import pytest
 import tritonclient.http as triton
 
 from cloud import workflow
-from cloud.data import load_dataset
+from cloud.data import Dataset, load_dataset
 from tests.support.server import ModuleProcess
 
 pytestmark = pytest.mark.slow
 
 
-def v2_inputs(frame: object, dataset: workflow.Dataset) -> list[triton.InferInput]:
+def v2_inputs(frame: object, dataset: Dataset) -> list[triton.InferInput]:
     inputs = []
     for feature in dataset.schema:
         column = frame[feature.name].to_numpy()  # type: ignore[index]

@@ -38,7 +38,7 @@ CONDITION = re.compile(r"^tags\.(\w+)\s*=\s*'([^']*)'$")
 def matches(condition: str, tags: dict[str, str]) -> bool:
     """The subset of IoT Hub's target conditions the pipeline uses: ``tags.<name>='<value>'``."""
     match = CONDITION.fullmatch(condition.strip())
-    return bool(match) and tags.get(match.group(1)) == match.group(2)
+    return match is not None and tags.get(match.group(1)) == match.group(2)
 
 
 class SimulatedFleet:

@@ -68,7 +68,7 @@ def client_of() -> Iterator[Any]:
 
 def test_the_three_calls_on_the_wire(client_of: Any) -> None:
     configuration = {"id": "models-iris-3", "content": {"modulesContent": {"m": {}}}, "priority": 5}
-    manifest = {"modulesContent": {"$edgeAgent": {}, "$edgeHub": {}}}
+    manifest: dict[str, Any] = {"modulesContent": {"$edgeAgent": {}, "$edgeHub": {}}}
     patch = {"properties": {"desired": {"models": {"iris": RELEASE, "old": None}}}}
 
     def respond(request: Captured) -> Answer:

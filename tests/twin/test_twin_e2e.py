@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -221,7 +222,11 @@ def test_input_messages_round_trip_and_direct_methods_work(start_edge: EdgeFacto
         props = {"model": "nope"} if message_id == "m-unknown-model" else {"model": "iris"}
         edge.hub.send_input(payload, properties=props, message_id=message_id)
     for message_id, (_, reason) in bad.items():
-        error = edge.hub.wait_output("errors", lambda m, mid=message_id: m.properties.get("$.cid") == mid)
+
+        def answers(message: Any, mid: str = message_id) -> bool:
+            return bool(message.properties.get("$.cid") == mid)
+
+        error = edge.hub.wait_output("errors", answers)
         assert reason in error.json()["error"], (message_id, error.json())
     # After all that, the module still answers.
     assert edge.infer_version("iris", IRIS_ROWS) == "1"
