@@ -16,7 +16,7 @@ from edge_module.codec import decode_request, encode_response
 from edge_module.errors import EdgeError, InferenceError, InvalidInput
 from edge_module.repository import ModelRepository
 from edge_module.runtime import OnnxModel
-from edge_module.stats import InferenceStats
+from edge_module.stats import InferenceStats, VersionStats
 
 SERVER_NAME = "edge-module"
 EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics", "schedule_policy")
@@ -166,11 +166,9 @@ class DataPlane:
             stats.record_failure(clock() - started)
             raise
         finished = clock()
-        compute = ran - decoded - queued
-        total = finished - started
-        stats.record_success(_batch_size(inputs), queued, decoded - started, compute, finished - ran, total, executions)
-        for observer in self.observers:
-            observer(model, inputs, results, queued, compute, total)
+        self._succeeded(
+            model, stats, inputs, results, queued, decoded - started, ran - decoded - queued, finished - ran, executions
+        )
         return encoded
 
     async def infer_arrays(
@@ -187,10 +185,26 @@ class DataPlane:
             stats.record_failure(time.perf_counter_ns() - started)
             raise
         elapsed = time.perf_counter_ns() - started
-        stats.record_success(_batch_size(inputs), queued, 0, elapsed - queued, 0, elapsed, executions)
-        for observer in self.observers:
-            observer(model, inputs, results, queued, elapsed - queued, elapsed)
+        self._succeeded(model, stats, inputs, results, queued, 0, elapsed - queued, 0, executions)
         return model, results
+
+    def _succeeded(
+        self,
+        model: OnnxModel,
+        stats: VersionStats,
+        inputs: dict[str, np.ndarray],
+        results: dict[str, np.ndarray],
+        queue_ns: int,
+        input_ns: int,
+        compute_ns: int,
+        output_ns: int,
+        executions: int,
+    ) -> None:
+        """Count a successful request and show it to the observers."""
+        total = queue_ns + input_ns + compute_ns + output_ns
+        stats.record_success(_batch_size(inputs), queue_ns, input_ns, compute_ns, output_ns, total, executions)
+        for observer in self.observers:
+            observer(model, inputs, results, queue_ns, compute_ns, total)
 
     async def _run(
         self, model: OnnxModel, inputs: dict[str, np.ndarray], output_names: list[str] | None

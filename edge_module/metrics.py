@@ -200,15 +200,10 @@ class Metrics:
         timings = self._timings.get((model.name, model.version))
         if timings is None:
             timings = self._timings_for(model.name, model.version)
-        # Inlined Histogram.observe_ns: three observations a request, on the same nanosecond bounds.
         request, queue, compute = timings
-        bounds = request.bounds_ns
-        request.counts[bisect_left(bounds, total_ns)] += 1
-        request.sum_ns += total_ns
-        queue.counts[bisect_left(bounds, queue_ns)] += 1
-        queue.sum_ns += queue_ns
-        compute.counts[bisect_left(bounds, compute_ns)] += 1
-        compute.sum_ns += compute_ns
+        request.observe_ns(total_ns)
+        queue.observe_ns(queue_ns)
+        compute.observe_ns(compute_ns)
 
     def _timings_for(self, name: str, version: str) -> tuple[Histogram, Histogram, Histogram]:
         timings = (
