@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,25 +288,23 @@ class Observability:
 
     def _expose(self) -> list[str]:
         summaries = self.drift.summaries()
+
+        def per_feature(score: str) -> Iterable[tuple[tuple[str, ...], float]]:
+            for name, summary in sorted(summaries.items()):
+                for feature, scores in sorted(summary["features"].items()):
+                    yield (name, summary["version"], feature), scores[score]
+
         lines = expose_gauges(
             "edge_model_drift_psi",
             "Population stability index of a feature's live window against the training profile.",
             ("model", "version", "feature"),
-            (
-                ((name, s["version"], feature), scores["psi"])
-                for name, s in sorted(summaries.items())
-                for feature, scores in sorted(s["features"].items())
-            ),
+            per_feature("psi"),
         )
         lines += expose_gauges(
             "edge_model_drift_out_of_range_ratio",
             "Share of a feature's live values outside the training range (or unseen categories).",
             ("model", "version", "feature"),
-            (
-                ((name, s["version"], feature), scores["out_of_range"])
-                for name, s in sorted(summaries.items())
-                for feature, scores in sorted(s["features"].items())
-            ),
+            per_feature("out_of_range"),
         )
         lines += expose_gauges(
             "edge_model_drift_detected",

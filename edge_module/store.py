@@ -167,7 +167,7 @@ class ModelStore:
         ``discard_partial`` drops bytes that proved wrong. A second download of the same content at the same
         time gets a plain temp file.
         """
-        path = self._partial / self.blob_path(sha256).name
+        path = self._partial_path(sha256)
         with self._lock:
             busy = sha256 in self._resuming
             self._resuming.add(sha256)
@@ -190,7 +190,10 @@ class ModelStore:
 
     def discard_partial(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            (self._partial / self.blob_path(sha256).name).unlink()
+            self._partial_path(sha256).unlink()
+
+    def _partial_path(self, sha256: str) -> Path:
+        return self._partial / self.blob_path(sha256).name  # blob_path refuses what is not a digest
 
     def commit_temp(self, temp_path: Path, expected_sha256: str | None = None) -> str:
         """fsync a finished temp file, check its hash, and move it into place. Returns its sha256."""
