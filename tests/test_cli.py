@@ -12,6 +12,7 @@ import pytest
 
 from cloud.__main__ import main as cloud_main
 from edge_module.module import default_model_dir, default_model_manifest
+from tests.support.models import WINE_ROW
 from tests.support.server import ModuleProcess
 
 
@@ -39,7 +40,7 @@ def test_no_configuration_serves_the_default_model_and_sigterm_stops_cleanly(mod
                         "name": "input",
                         "datatype": "FP32",
                         "shape": [1, 13],
-                        "data": [13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050],
+                        "data": WINE_ROW,
                     }
                 ]
             },

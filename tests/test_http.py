@@ -14,9 +14,8 @@ import pytest
 
 from edge_module.module import default_model_manifest
 from tests.support.inprocess import ADMIN_TOKEN, running_module
-from tests.support.models import iris_classifier, mixed_types_pipeline
+from tests.support.models import WINE_ROW, iris_classifier, mixed_types_pipeline
 
-WINE_ROW = [13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 

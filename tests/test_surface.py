@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.support.iothub import make_tls_files
+from tests.support.models import WINE_ROW
 from tests.support.server import ModuleProcess
 
 pytestmark = pytest.mark.slow
@@ -20,7 +21,7 @@ WINE = {
             "name": "input",
             "datatype": "FP32",
             "shape": [1, 13],
-            "data": [13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050],
+            "data": WINE_ROW,
         }
     ]
 }

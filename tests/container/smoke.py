@@ -23,14 +23,13 @@ from typing import Any
 import httpx
 
 from tests.container.buildah import Container, ImageInfo, container, inspect_image
+from tests.support.models import WINE_ROW
 from tests.support.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO / "edge_module" / "default_model" / "model.onnx"
 MODEL_STORE = "/var/lib/edge-module/models"
 APP_MODEL = "opt/app/edge_module/default_model/model.onnx"
-# The README's example row (scikit-learn's wine data).
-SAMPLE = [13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050]
 SETTINGS_PROBE = "from edge_module.settings import Settings; s = Settings(); print(s.host, s.model_dir)"
 EDGE_ONLY_PROBE = (
     "import importlib.util as u;"
@@ -68,7 +67,7 @@ def expected_label() -> int:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(DEFAULT_MODEL), providers=["CPUExecutionProvider"])
-    label = session.run(["label"], {"input": np.array([SAMPLE], dtype=np.float32)})[0]
+    label = session.run(["label"], {"input": np.array([WINE_ROW], dtype=np.float32)})[0]
     return int(label[0])
 
 
@@ -125,7 +124,7 @@ def smoke(ref: str, log_path: Path) -> SmokeResult:
         non_edge = probe(box, EDGE_ONLY_PROBE)
         with serving(box, info, log_path) as (url, ready_seconds), httpx.Client(trust_env=False, timeout=10) as client:
             metadata = client.get(f"{url}/v2/models/wine").json()
-            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 13], "data": SAMPLE}]}
+            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 13], "data": WINE_ROW}]}
             answer = client.post(f"{url}/v2/models/wine/infer", json=body)
             answer.raise_for_status()
             # A new version goes through vetting (a child process, without the onnx package) before it serves.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import onnx
 from cloud.export import with_metadata
 from cloud.profile import numeric_profile, string_profile
 from edge_module.drift import DriftMonitor
-from edge_module.model_contract import Feature, ModelMetadata
+from edge_module.model_contract import ModelMetadata
 from edge_module.runtime import OnnxModel, SessionConfig
 from tests.observability.conftest import cancer_request, install_cancer_model
 from tests.observability.models import breast_cancer_model
@@ -77,16 +78,9 @@ def mixed_model_with_profile() -> OnnxModel:
         "rows": 500,
         "features": {"temperature": numeric_profile(temperature), "site": string_profile(list(site))},
     }
-    metadata = ModelMetadata(
-        name="mixed",
-        version="1",
-        task="classification",
-        features=(Feature("temperature"), Feature("site", "string")),
-        class_labels=(0, 1),
-        allow_missing=True,
-        profile=profile,
-    )
-    data = with_metadata(onnx.load_from_string(mixed_types_pipeline().onnx), metadata)
+    proto = onnx.load_from_string(mixed_types_pipeline().onnx)
+    metadata = ModelMetadata.from_props({entry.key: entry.value for entry in proto.metadata_props})
+    data = with_metadata(proto, replace(metadata, profile=profile))
     return OnnxModel("mixed", None, hashlib.sha256(data).hexdigest(), data, SessionConfig())
 
 

@@ -11,6 +11,9 @@ import numpy as np
 from cloud.export import to_onnx_single_tensor, with_metadata
 from edge_module.model_contract import Feature, ModelMetadata
 
+# A row of scikit-learn's wine data, the README's example for the bundled default model (label 0).
+WINE_ROW = [13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050]
+
 
 @dataclass(frozen=True)
 class TrainedModel:
