@@ -215,19 +215,17 @@ def _value_info(buf: memoryview) -> ValueShape:
         elif number == 2:  # type: TypeProto
             for sub, tensor_type in fields(_message(value, "type")):
                 if sub == 1:  # tensor_type
-                    shape.dims = _tensor_shape(_message(tensor_type, "tensor type"))
+                    _add_dims(_message(tensor_type, "tensor type"), shape.dims)
     return shape
 
 
-def _tensor_shape(buf: memoryview) -> list[int | None]:
-    dims: list[int | None] = []
-    for number, value in fields(buf):
+def _add_dims(tensor_type: memoryview, dims: list[int | None]) -> None:
+    """Append the tensor type's dimensions: split occurrences of a message merge, so their dims add up."""
+    for number, value in fields(tensor_type):
         if number == 2:  # shape: TensorShapeProto
-            dims = []
             for sub, dim in fields(_message(value, "shape")):
                 if sub == 1:
                     dims.append(_dimension(_message(dim, "dimension")))
-    return dims
 
 
 def _dimension(buf: memoryview) -> int | None:

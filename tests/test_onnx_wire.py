@@ -143,6 +143,35 @@ def test_a_graph_split_in_two_occurrences_is_walked_whole() -> None:
     assert ours(data) == reference(data)
 
 
+def test_a_shape_split_in_two_occurrences_counts_every_dimension() -> None:
+    """Split type messages merge in protobuf, so their dimensions add up: a rank cannot hide across them."""
+    model = helper.make_model(helper.make_graph([], "g", [], []), opset_imports=[helper.make_opsetid("", 17)])
+    first = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1] * 5)
+    more = onnx.TypeProto()
+    more.tensor_type.shape.dim.add().dim_value = 7
+    for _ in range(4):
+        more.tensor_type.shape.dim.add().dim_value = 1
+    split_input = first.SerializeToString() + _field(2, more.SerializeToString())  # ValueInfoProto.type, twice
+    data = model.SerializeToString() + _graph_input(split_input)
+    assert reference(data)[3] == [("x", [1] * 5 + [7] + [1] * 4)]
+    assert ours(data) == reference(data)
+    assert any("declares rank 10" in problem for problem in static_problems(data))
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    length, encoded = len(payload), b""
+    while True:
+        encoded += bytes([(length & 0x7F) | (0x80 if length > 0x7F else 0)])
+        length >>= 7
+        if not length:
+            return bytes([number << 3 | 2]) + encoded + payload
+
+
+def _graph_input(value_info: bytes) -> bytes:
+    """A second occurrence of ModelProto.graph (they merge) that adds one graph input."""
+    return _field(7, _field(11, value_info))
+
+
 def test_nesting_beyond_the_limit_is_refused() -> None:
     graph = helper.make_graph([], "leaf", [], [])
     for depth in range(onnx_wire.MAX_NESTING + 2):
