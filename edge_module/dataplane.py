@@ -13,6 +13,7 @@ import numpy as np
 from edge_module import __version__
 from edge_module.batching import Batcher, BatchPolicy
 from edge_module.codec import decode_request, encode_response
+from edge_module.correlation import new_correlation_id
 from edge_module.errors import EdgeError, InferenceError, InvalidInput
 from edge_module.repository import ModelRepository
 from edge_module.runtime import OnnxModel
@@ -39,8 +40,8 @@ _TRITON_TYPES = {
 }
 
 
-# (model, inputs, results, queue_ns, compute_ns, total_ns) of one successful request.
-InferenceObserver = Callable[[OnnxModel, dict[str, np.ndarray], dict[str, np.ndarray], int, int, int], None]
+# (model, inputs, results, queue_ns, compute_ns, total_ns, correlation_id) of one successful request.
+InferenceObserver = Callable[[OnnxModel, dict[str, np.ndarray], dict[str, np.ndarray], int, int, int, str], None]
 
 
 class DataPlane:
@@ -140,7 +141,10 @@ class DataPlane:
     async def infer(
         self, name: str, version: str | None, body: bytes, header_length: int | None
     ) -> tuple[bytes, int | None]:
-        """Decode, validate, run and encode one V2 request; returns the body and binary header length."""
+        """Decode, validate, run and encode one V2 request; returns the body and binary header length.
+
+        The response's ``id`` is the request's, or a new correlation id when it has none (or an empty one).
+        """
         clock = time.perf_counter_ns
         started = clock()
         # One reference for the whole request: a concurrent swap cannot change the version under it.
@@ -148,6 +152,7 @@ class DataPlane:
         stats = self.stats.for_version(name, model.version)
         try:
             request = decode_request(body, header_length, model)
+            correlation_id = request.id = request.id or new_correlation_id()
             inputs = request.inputs
             model.validate(inputs)
             decoded = clock()
@@ -167,12 +172,21 @@ class DataPlane:
             raise
         finished = clock()
         self._succeeded(
-            model, stats, inputs, results, queued, decoded - started, ran - decoded - queued, finished - ran, executions
+            model,
+            stats,
+            inputs,
+            results,
+            queued,
+            decoded - started,
+            ran - decoded - queued,
+            finished - ran,
+            executions,
+            correlation_id,
         )
         return encoded
 
     async def infer_arrays(
-        self, name: str, version: str | None, inputs: dict[str, np.ndarray]
+        self, name: str, version: str | None, inputs: dict[str, np.ndarray], correlation_id: str | None = None
     ) -> tuple[OnnxModel, dict[str, np.ndarray]]:
         """Inference on already-decoded tensors (edgeHub messages). Returns the model that ran."""
         started = time.perf_counter_ns()
@@ -185,7 +199,8 @@ class DataPlane:
             stats.record_failure(time.perf_counter_ns() - started)
             raise
         elapsed = time.perf_counter_ns() - started
-        self._succeeded(model, stats, inputs, results, queued, 0, elapsed - queued, 0, executions)
+        correlation_id = correlation_id or new_correlation_id()
+        self._succeeded(model, stats, inputs, results, queued, 0, elapsed - queued, 0, executions, correlation_id)
         return model, results
 
     def _succeeded(
@@ -199,12 +214,13 @@ class DataPlane:
         compute_ns: int,
         output_ns: int,
         executions: int,
+        correlation_id: str,
     ) -> None:
         """Count a successful request and show it to the observers."""
         total = queue_ns + input_ns + compute_ns + output_ns
         stats.record_success(_batch_size(inputs), queue_ns, input_ns, compute_ns, output_ns, total, executions)
         for observer in self.observers:
-            observer(model, inputs, results, queue_ns, compute_ns, total)
+            observer(model, inputs, results, queue_ns, compute_ns, total, correlation_id)
 
     async def _run(
         self, model: OnnxModel, inputs: dict[str, np.ndarray], output_names: list[str] | None

@@ -227,6 +227,7 @@ class DriftMonitor:
         queue_ns: int,
         compute_ns: int,
         total_ns: int,
+        correlation_id: str = "",
     ) -> None:
         key = (model.name, model.version)
         drift = self._models.get(key)

@@ -3,6 +3,9 @@
 Input ``input1`` carries JSON telemetry: an object of named features, a list of such objects, or a V2
 inference request. The model is named by the message property ``model``, else the module's default.
 Knows nothing of MQTT: it maps an SDK ``Message`` to the output name and the ``Message`` to send.
+
+The reply's correlation id, the prediction's ``id`` and the capture records' ``correlationId`` are one
+value: the V2 request's ``id``, else the input's message id (else its correlation id), else a new one.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import orjson
 
 from edge_module.codec import decode_request
+from edge_module.correlation import new_correlation_id
 from edge_module.dataplane import DataPlane
 from edge_module.errors import EdgeError, InvalidRequest
 from edge_module.runtime import OnnxModel
@@ -56,10 +60,12 @@ class MessageRouter:
 
         new_message: Callable[..., Any] = _Message
         properties = dict(message.custom_properties or {})
+        correlation_id = message.message_id or message.correlation_id or new_correlation_id()
         try:
             if message.input_name not in (INPUT, None):
                 raise InvalidRequest(f"unknown input '{message.input_name}'; route telemetry to '{INPUT}'")
-            body = await self._predict(message, properties)
+            body = await self._predict(message, properties, correlation_id)
+            correlation_id = body["id"]
             output = PREDICTIONS
         except EdgeError as exc:
             body = {"error": exc.message, "status": exc.status_code}
@@ -77,11 +83,11 @@ class MessageRouter:
             content_encoding="utf-8",
             content_type="application/json",
         )
-        reply.correlation_id = message.message_id or message.correlation_id
+        reply.correlation_id = correlation_id
         reply.custom_properties = {str(k): "" if v is None else str(v) for k, v in properties.items()}
         return output, reply
 
-    async def _predict(self, message: Any, properties: dict[str, Any]) -> dict[str, Any]:
+    async def _predict(self, message: Any, properties: dict[str, Any], correlation_id: str) -> dict[str, Any]:
         data = message.data
         if isinstance(data, str):
             data = data.encode()
@@ -98,10 +104,12 @@ class MessageRouter:
         if isinstance(document, dict) and "inputs" in document:
             request = decode_request(bytes(data), None, model)
             inputs = request.inputs
+            correlation_id = request.id or correlation_id
         else:
             inputs = features_to_inputs(model, document)
-        ran, results = await self.dataplane.infer_arrays(name, model.version, inputs)
+        ran, results = await self.dataplane.infer_arrays(name, model.version, inputs, correlation_id)
         return {
+            "id": correlation_id,
             "model_name": name,
             "model_version": ran.version,
             "outputs": [

@@ -196,6 +196,7 @@ class Metrics:
         queue_ns: int,
         compute_ns: int,
         total_ns: int,
+        correlation_id: str = "",
     ) -> None:
         timings = self._timings.get((model.name, model.version))
         if timings is None:

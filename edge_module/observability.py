@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_module.capture import CaptureRing, DataCapture
+from edge_module.capture import SEGMENT_PATTERN, CaptureRing, DataCapture, device_id
 from edge_module.dataplane import DataPlane
 from edge_module.drift import DriftMonitor
 from edge_module.errors import EdgeError
@@ -29,6 +30,8 @@ from edge_module.telemetry import OUTPUT_CAPTURE, OUTPUT_METRICS, Sender, Teleme
 log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Application property on capture messages, for IoT Hub routing queries (docs/data-loop.md).
+CAPTURE_PROPERTIES = {"type": "capture"}
 # Desired-property keys of the twin's "observability" block.
 DESIRED_KEYS = ("telemetryIntervalSeconds", "driftThreshold", "captureRate", "logLevel")
 
@@ -150,8 +153,13 @@ class Observability:
         if isinstance(manager, ObservedModelManager):
             manager.metrics = self.metrics
         self.drift = DriftMonitor(settings.drift_window, settings.drift_threshold, settings.drift_min_rows)
-        capture_dir = settings.capture_dir or settings.model_dir.parent / "capture"
-        self.capture = DataCapture(CaptureRing(capture_dir, settings.capture_budget_bytes), settings.capture_rate)
+        capture_dir = settings.capture_dir or settings.model_dir / "capture"
+        # Before the ring moved onto the store volume it lived beside the store; see _note_old_ring.
+        self._old_capture_dir = None if settings.capture_dir else settings.model_dir.parent / "capture"
+        ring = CaptureRing(capture_dir, settings.capture_budget_bytes)
+        self.capture = DataCapture(ring, settings.capture_rate, device_id(settings.device_id))
+        self.capture_flush_seconds = settings.capture_flush_seconds
+        self.capture_sent = {"ok": 0, "failed": 0}
         self.telemetry = TelemetryBuilder(self.metrics)
         self.sender: Sender | None = None  # set by the twin service while connected to edgeHub
         self.sent = {"ok": 0, "failed": 0}
@@ -160,9 +168,10 @@ class Observability:
         self.metrics.collectors.append(self._expose)
         if settings.metrics_enabled:  # off only to measure what per-request observation costs
             dataplane.observers.extend((self.metrics.observe_inference, self.drift.observe, self.capture.observe))
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._raised: dict[str, bool] = {}
         self._ticking = asyncio.Lock()
+        self._forwarding = asyncio.Lock()
 
     # -- configuration (twin desired properties) ----------------------------------------------------
 
@@ -221,35 +230,41 @@ class Observability:
     # -- background work ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="observability")
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self.run(), name="observability"),
+                # Apart from run: a send waiting on an unreachable edgeHub must not hold up draining to disk.
+                asyncio.create_task(self._forward_loop(), name="capture-forwarder"),
+            ]
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
 
     async def run(self) -> None:
         last_telemetry = time.monotonic()
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            await self.tick()
+            await self._drain()
             # Read each tick: the twin may change the interval at any time.
             if time.monotonic() - last_telemetry >= self.config.telemetry_interval:
                 last_telemetry = time.monotonic()
                 await self.send_telemetry()
 
     async def tick(self) -> None:
-        async with self._ticking:  # one drain and forward at a time, whoever calls
-            await self._tick()
+        """The periodic work at once: bin drift windows, write captured records, forward due segments."""
+        await self._drain()
+        await self.forward_capture()
 
-    async def _tick(self) -> None:
-        self.drift.forget({name: served.active.version for name, served in self.metrics.repository.snapshot().items()})
-        self.drift.flush()
-        if self.capture.pending:
-            await asyncio.to_thread(self.capture.drain)
-        if self.sender is not None:
-            await self._forward_capture(self.sender)
+    async def _drain(self) -> None:
+        async with self._ticking:  # one drain at a time, whoever calls
+            self.drift.forget(
+                {name: served.active.version for name, served in self.metrics.repository.snapshot().items()}
+            )
+            self.drift.flush()
+            if self.capture.pending:
+                await asyncio.to_thread(self.capture.drain)
 
     async def send_telemetry(self) -> bytes:
         summary = self.telemetry.build(self.drift_summaries(), {"capture": self._capture_state()}, advance=False)
@@ -268,21 +283,70 @@ class Observability:
             self.telemetry.commit()
         return payload
 
-    async def _forward_capture(self, sender: Sender) -> None:
-        for segment in await asyncio.to_thread(self.capture.ring.closed_segments):
-            try:
-                body = await asyncio.to_thread(segment.read_bytes)
-                await sender(OUTPUT_CAPTURE, body)
-            except FileNotFoundError:
-                continue
-            except Exception as exc:  # kept on disk; tried again next tick
-                log.warning("captured data not forwarded yet: %s", exc)
-                return
-            await asyncio.to_thread(self.capture.ring.remove, segment)
+    async def _forward_loop(self) -> None:
+        await asyncio.to_thread(self._note_old_ring)
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            await self.forward_capture()
+
+    async def forward_capture(self) -> int:
+        """Send the due capture segments, oldest first, to output ``capture``; returns how many were delivered.
+
+        A segment is deleted only once edgeHub acknowledged it; a failed send keeps it (and the ones after
+        it) for the next round, so delivery is at least once: a segment whose acknowledgement was lost
+        (a timeout, a crash) is sent again. The message id is the segment's SHA-256, the same on every
+        resend, so a reader can drop repeats by message id.
+        """
+        sender = self.sender
+        if sender is None:
+            return 0
+        delivered = 0
+        async with self._forwarding:
+            ring = self.capture.ring
+            for segment in await asyncio.to_thread(ring.due_segments, self.capture_flush_seconds):
+                try:
+                    body = await asyncio.to_thread(segment.read_bytes)
+                except FileNotFoundError:  # dropped for the budget meanwhile
+                    continue
+                if body:
+                    try:
+                        await sender(OUTPUT_CAPTURE, body, CAPTURE_PROPERTIES, hashlib.sha256(body).hexdigest())
+                    except Exception as exc:  # kept on disk; tried again next round
+                        self.capture_sent["failed"] += 1
+                        log.warning("captured data not forwarded yet: %s", exc)
+                        break
+                    self.capture_sent["ok"] += 1
+                    delivered += 1
+                await asyncio.to_thread(ring.remove, segment)
+        return delivered
+
+    def _note_old_ring(self) -> None:
+        """Segments left where the ring used to live are not read any more: say so once, never fail on it."""
+        old = self._old_capture_dir
+        try:
+            left = [path for path in old.iterdir() if SEGMENT_PATTERN.match(path.name)] if old and old.is_dir() else []
+        except OSError:
+            return
+        if left:
+            log.warning(
+                "%d capture segment(s) in %s, where the ring lived before it moved onto the store volume (%s), "
+                "are not forwarded; move them there to send them",
+                len(left),
+                old,
+                self.capture.ring.directory,
+            )
 
     def _capture_state(self) -> dict[str, Any]:
         ring = self.capture.ring
-        return {"rate": self.capture.rate, "records": ring.written, "bytes": ring.total_bytes, "dropped": ring.dropped}
+        return {
+            "rate": self.capture.rate,
+            "records": ring.written,
+            "bytes": ring.total_bytes,
+            "segments": ring.segments,
+            "dropped": sum(ring.dropped.values()),
+            "droppedBy": dict(ring.dropped),
+            "messages": dict(self.capture_sent),
+        }
 
     # -- exposition ---------------------------------------------------------------------------------
 
@@ -323,6 +387,21 @@ class Observability:
         lines.append(sample("edge_capture_records_total", ring.written))
         lines += [*header("edge_capture_bytes", "gauge", "Bytes held by the capture ring.")]
         lines.append(sample("edge_capture_bytes", ring.total_bytes))
+        lines += [*header("edge_capture_segments", "gauge", "Segments in the capture ring, waiting to be sent.")]
+        lines.append(sample("edge_capture_segments", ring.segments))
+        lines += [
+            *header(
+                "edge_capture_dropped_records_total",
+                "counter",
+                "Captured records dropped: budget (oldest segment deleted to keep the ring within its byte "
+                "budget), oversize (one record larger than a segment), queue (the writer fell behind).",
+            )
+        ]
+        for reason, count in sorted(ring.dropped.items()):
+            lines.append(sample("edge_capture_dropped_records_total", count, ("reason",), (reason,)))
+        lines += [*header("edge_capture_messages_total", "counter", "Capture segments sent to output capture.")]
+        for outcome, count in sorted(self.capture_sent.items()):
+            lines.append(sample("edge_capture_messages_total", count, ("outcome",), (outcome,)))
         lines += [*header("edge_telemetry_messages_total", "counter", "Telemetry summaries sent upstream.")]
         for outcome, count in sorted(self.sent.items()):
             lines.append(sample("edge_telemetry_messages_total", count, ("outcome",), (outcome,)))

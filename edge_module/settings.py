@@ -81,8 +81,13 @@ class Settings(BaseSettings):
     drift_min_rows: int = Field(default=100, ge=1)
     drift_threshold: float = Field(default=0.2, gt=0)
     capture_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    capture_dir: Path | None = None  # default: "capture" beside the model store
+    # Default: "capture" inside the model store, so the ring lives on the store's mounted volume.
+    capture_dir: Path | None = None
     capture_budget_bytes: int = Field(default=64 * 1024 * 1024, ge=16 * 1024)
+    # A segment goes upstream when full or when its oldest record is this old, so a quiet device delivers too.
+    capture_flush_seconds: float = Field(default=60.0, ge=1.0, le=86400.0)
+    # The capture records' deviceId outside IoT Edge (inside, IOTEDGE_DEVICEID wins); default: the host name.
+    device_id: str | None = None
 
     # Dynamic batching, per model unless overridden: rows per merged run (1 = off) and how long a
     # partial batch may wait for batch-mates. A lone request on an idle model never waits.

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -23,8 +23,14 @@ TOP_FEATURES = 5
 OUTPUT_METRICS = "metrics"
 OUTPUT_CAPTURE = "capture"
 
-# (output name, UTF-8 JSON body); raises when the message could not be handed to edgeHub.
-Sender = Callable[[str, bytes], Awaitable[None]]
+
+class Sender(Protocol):
+    """Sends a UTF-8 JSON body to an output (``contentType`` application/json, ``contentEncoding`` utf-8), with
+    optional application properties and message id; returns once edgeHub acknowledged it, raises otherwise."""
+
+    def __call__(
+        self, output: str, body: bytes, properties: Mapping[str, str] | None = None, message_id: str | None = None
+    ) -> Awaitable[None]: ...
 
 
 def utc_now() -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -162,14 +162,23 @@ class TwinSync:
 
     # -- observability -----------------------------------------------------------------------------
 
-    async def _send_json(self, output: str, body: bytes) -> None:
-        """Telemetry and captured data to an output; edgeHub stores and forwards them while the hub is away."""
+    async def _send_json(
+        self, output: str, body: bytes, properties: Mapping[str, str] | None = None, message_id: str | None = None
+    ) -> None:
+        """Telemetry and captured data to an output; edgeHub stores and forwards them while the hub is away.
+
+        Returns once edgeHub acknowledged the message (MQTT PUBACK), which is when a capture segment may go.
+        contentType and contentEncoding let IoT Hub routing read the body as JSON (routing queries on the
+        body, and the JSON encoding of a storage endpoint).
+        """
         from azure.iot.device import Message as _Message
 
         if not self._online.is_set():
             raise HubUnavailable("not connected to edgeHub")
         new_message: Callable[..., Any] = _Message  # the SDK is untyped
-        message = new_message(body, content_encoding="utf-8", content_type="application/json")
+        message = new_message(body, message_id=message_id, content_encoding="utf-8", content_type="application/json")
+        if properties:
+            message.custom_properties = dict(properties)
         await self.connection.send_output(message, output)
 
     async def _drift_loop(self) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,18 @@ class Outbox:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
+        self.properties: list[dict[str, str]] = []
+        self.message_ids: list[str | None] = []
         self.online = True
 
-    async def __call__(self, output: str, body: bytes) -> None:
+    async def __call__(
+        self, output: str, body: bytes, properties: Mapping[str, str] | None = None, message_id: str | None = None
+    ) -> None:
         if not self.online:
             raise ConnectionError("edgeHub unreachable")
         self.sent.append((output, body))
+        self.properties.append(dict(properties or {}))
+        self.message_ids.append(message_id)
 
 
 async def test_summary_counts_latency_drift_and_limits(model_dir: Path) -> None:
@@ -101,14 +109,21 @@ async def test_capture_segments_are_forwarded_then_removed(model_dir: Path, tmp_
         observability.sender = outbox
         await observability.tick()  # offline: kept on disk
         kept = len(list((tmp_path / "capture").glob("*.jsonl")))
-        assert kept > 1
+        assert kept > 1 and observability.capture_sent == {"ok": 0, "failed": 1}
         outbox.online = True
         await observability.tick()
+        metrics = (await client.get("/metrics")).text
     assert {output for output, _ in outbox.sent} == {"capture"}
-    assert len(outbox.sent) == kept - 1  # every closed segment; the one being written stays
+    assert len(outbox.sent) == kept - 1  # every closed segment; the one being written stays (not old yet)
+    assert f'edge_capture_messages_total{{outcome="ok"}} {kept - 1}' in metrics
+    assert 'edge_capture_messages_total{outcome="failed"} 1' in metrics
     rows = [orjson.loads(line) for _, body in outbox.sent for line in body.splitlines()]
-    assert all(row["_model"] == "cancer" and "mean_area" in row and "prediction" in row for row in rows)
-    assert all(len(body) < 256 * 1024 for _, body in outbox.sent)
+    assert len(rows) > len(outbox.sent)  # several records a segment
+    assert all(row["model"] == "cancer" and "mean_area" in row["inputs"] and "label" in row["outputs"] for row in rows)
+    assert all(len(body) <= 192 * 1024 for _, body in outbox.sent)
+    assert outbox.properties == [{"type": "capture"}] * len(outbox.sent)
+    # The message id is the segment's SHA-256: the same if it is ever sent again, so repeats can be dropped.
+    assert outbox.message_ids == [hashlib.sha256(body).hexdigest() for _, body in outbox.sent]
     assert len(list((tmp_path / "capture").glob("*.jsonl"))) == 1
 
 

@@ -69,7 +69,8 @@ def test_telemetry_capture_and_drift_reach_the_hub(start_edge: EdgeFactory, tmp_
 
         captured = edge.hub.wait_output("capture", timeout=60)
         rows = [line for line in captured.body.splitlines() if line]
-        assert rows and b'"_model":"cancer"' in rows[0] and b'"prediction"' in rows[0]
+        assert rows and b'"model":"cancer"' in rows[0] and b'"outputs":{"label"' in rows[0]
+        assert captured.properties["$.ct"] == "application/json" and captured.properties["type"] == "capture"
 
         edge.hub.patch_desired({"observability": {"logLevel": "DEBUG", "captureRate": 0}})
         for _ in range(300):  # bounded: 30 s
