@@ -65,10 +65,14 @@ def test_the_template_is_valid_against_the_template_schema(schemas: SchemaSet) -
         "FROM /messages/* WHERE NOT IS_DEFINED($connectionModuleId) "
         'INTO BrokeredEndpoint("/modules/edge-inference/inputs/input1")'
     )
-    for output in ("predictions", "errors", "metrics"):
+    for output in ("predictions", "errors", "metrics", "capture"):
         assert any(
             r["route"] == f"FROM /messages/modules/{MODULE}/outputs/{output} INTO $upstream" for r in routes.values()
         )
+    # Captured data waits longest and yields to everything else on a thin uplink (0 is edgeHub's highest priority).
+    capture = next(r for r in routes.values() if r["route"].endswith("/outputs/capture INTO $upstream"))
+    assert capture["priority"] == 9 == max(r["priority"] for r in routes.values())
+    assert capture["timeToLiveSecs"] >= 7 * 86400
     assert template["modulesContent"]["$edgeHub"]["properties.desired"]["storeAndForwardConfiguration"][
         "timeToLiveSecs"
     ]
