@@ -294,8 +294,9 @@ class Observability:
 
         A segment is deleted only once edgeHub acknowledged it; a failed send keeps it (and the ones after
         it) for the next round, so delivery is at least once: a segment whose acknowledgement was lost
-        (a timeout, a crash) is sent again. The message id is the segment's SHA-256, the same on every
-        resend, so a reader can drop repeats by message id.
+        (a timeout, a crash) is sent again. The segment's SHA-256 is both the message id and the
+        application property ``segment`` (IoT Hub's advice for telling repeats apart: an identifier stamped
+        in the application properties at the origin), the same on every resend.
         """
         sender = self.sender
         if sender is None:
@@ -309,8 +310,9 @@ class Observability:
                 except FileNotFoundError:  # dropped for the budget meanwhile
                     continue
                 if body:
+                    digest = hashlib.sha256(body).hexdigest()
                     try:
-                        await sender(OUTPUT_CAPTURE, body, CAPTURE_PROPERTIES, hashlib.sha256(body).hexdigest())
+                        await sender(OUTPUT_CAPTURE, body, {**CAPTURE_PROPERTIES, "segment": digest}, digest)
                     except Exception as exc:  # kept on disk; tried again next round
                         self.capture_sent["failed"] += 1
                         log.warning("captured data not forwarded yet: %s", exc)

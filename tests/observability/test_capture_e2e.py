@@ -111,7 +111,7 @@ def test_correlation_ids_reach_the_records_and_a_quiet_device_delivers_by_age(
     for message in edge.hub.outputs("capture"):
         props = message.properties
         assert (props["$.ct"], props["$.ce"], props["type"]) == ("application/json", "utf-8", "capture")
-        assert props["$.mid"] == hashlib.sha256(message.body).hexdigest()
+        assert props["$.mid"] == props["segment"] == hashlib.sha256(message.body).hexdigest()
         assert len(message.body) <= 192 * 1024
     assert (edge.module.model_dir / "capture").is_dir()  # the ring lives on the store volume by default
 

@@ -121,9 +121,10 @@ async def test_capture_segments_are_forwarded_then_removed(model_dir: Path, tmp_
     assert len(rows) > len(outbox.sent)  # several records a segment
     assert all(row["model"] == "cancer" and "mean_area" in row["inputs"] and "label" in row["outputs"] for row in rows)
     assert all(len(body) <= 192 * 1024 for _, body in outbox.sent)
-    assert outbox.properties == [{"type": "capture"}] * len(outbox.sent)
-    # The message id is the segment's SHA-256: the same if it is ever sent again, so repeats can be dropped.
-    assert outbox.message_ids == [hashlib.sha256(body).hexdigest() for _, body in outbox.sent]
+    # The segment's SHA-256 is its message id and property "segment": the same if it is ever sent again.
+    digests = [hashlib.sha256(body).hexdigest() for _, body in outbox.sent]
+    assert outbox.message_ids == digests
+    assert outbox.properties == [{"type": "capture", "segment": digest} for digest in digests]
     assert len(list((tmp_path / "capture").glob("*.jsonl"))) == 1
 
 

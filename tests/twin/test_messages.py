@@ -77,3 +77,37 @@ async def test_bad_messages_become_errors_with_reasons(model_dir: Path, tmp_path
             assert reply.correlation_id == "mid-1"
         output, _ = await router.route(_input(features))
         assert output == PREDICTIONS  # the only model served is the default
+
+
+async def test_the_correlation_id_is_the_request_id_else_the_message_id_else_a_new_one(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    iris = iris_classifier()
+    (tmp_path / "iris.onnx").write_bytes(iris.onnx)
+    capture_dir = tmp_path / "capture"
+    async with running_module(
+        model_dir, {"iris": tmp_path / "iris.onnx"}, capture_rate=1.0, capture_dir=capture_dir
+    ) as (module, _):
+        router = MessageRouter(module.dataplane, default_model="iris")
+        features = [dict(zip(iris.feature_names, map(float, x), strict=True)) for x in iris.x_test[:2]]
+        v2 = {"id": "v2-id", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5, 3, 1, 0]}]}
+
+        def correlation(reply: Message) -> str:
+            body_id: str = orjson.loads(reply.data)["id"]
+            assert reply.correlation_id == body_id
+            return body_id
+
+        assert correlation((await router.route(_input(v2)))[1]) == "v2-id"  # the request's own id wins
+        assert correlation((await router.route(_input(features)))[1]) == "mid-1"
+        no_id = Message(orjson.dumps(features[:1]))
+        no_id.input_name = "input1"
+        no_id.correlation_id = "upstream-cid"  # set by whoever sent it: kept
+        assert correlation((await router.route(no_id))[1]) == "upstream-cid"
+        no_id.correlation_id = None
+        generated = correlation((await router.route(no_id))[1])
+        assert len(generated) == 32 and generated != correlation((await router.route(no_id))[1])
+        await module.observability.tick()
+    rows = [orjson.loads(line) for path in capture_dir.glob("*.jsonl") for line in path.read_bytes().splitlines()]
+    keys = sorted((row["correlationId"], row["row"]) for row in rows)
+    assert ("v2-id", 0) in keys and ("mid-1", 0) in keys and ("mid-1", 1) in keys and ("upstream-cid", 0) in keys
+    assert (generated, 0) in keys and len(keys) == 6
