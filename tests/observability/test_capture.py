@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -283,3 +284,21 @@ def test_python_m_cloud_trains_on_captured_records(tmp_path: Path) -> None:
     assert code == 0
     entry = LocalRegistry(registry).get("cancer-retrained")
     assert entry.version == "1"
+
+
+async def test_the_ring_defaults_into_the_store_and_an_old_ring_beside_it_is_only_reported(
+    model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = model_dir.parent / "capture"  # where the ring lived before it moved onto the store volume
+    old.mkdir()
+    (old / "capture-000000000007.jsonl").write_bytes(b'{"_model":"cancer","_version":"1"}\n')
+    with caplog.at_level(logging.WARNING, logger="edge_module.observability"):
+        async with running_module(model_dir, capture_rate=1.0) as (module, client):
+            assert module.observability.capture.ring.directory == model_dir / "capture"
+            assert (await client.get("/v2/health/ready")).status_code == 200
+            for _ in range(600):  # bounded: 30 s; the forwarder looks once, in a worker thread, as it starts
+                if "not forwarded" in caplog.text:
+                    break
+                await asyncio.sleep(0.05)
+    assert f"1 capture segment(s) in {old}" in caplog.text and str(model_dir / "capture") in caplog.text
+    assert (old / "capture-000000000007.jsonl").exists()  # left alone
