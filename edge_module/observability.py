@@ -231,9 +231,11 @@ class Observability:
 
     def start(self) -> None:
         if not self._tasks:
+            # Sends run apart from draining: a send waiting on an unreachable edgeHub (up to the hub call
+            # timeout) must not hold up writing captured records to disk.
             self._tasks = [
                 asyncio.create_task(self.run(), name="observability"),
-                # Apart from run: a send waiting on an unreachable edgeHub must not hold up draining to disk.
+                asyncio.create_task(self._telemetry_loop(), name="telemetry"),
                 asyncio.create_task(self._forward_loop(), name="capture-forwarder"),
             ]
 
@@ -243,10 +245,14 @@ class Observability:
         self._tasks = []
 
     async def run(self) -> None:
-        last_telemetry = time.monotonic()
         while True:
             await asyncio.sleep(TICK_SECONDS)
             await self._drain()
+
+    async def _telemetry_loop(self) -> None:
+        last_telemetry = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
             # Read each tick: the twin may change the interval at any time.
             if time.monotonic() - last_telemetry >= self.config.telemetry_interval:
                 last_telemetry = time.monotonic()
