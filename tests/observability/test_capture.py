@@ -302,3 +302,19 @@ async def test_the_ring_defaults_into_the_store_and_an_old_ring_beside_it_is_onl
                 await asyncio.sleep(0.05)
     assert f"1 capture segment(s) in {old}" in caplog.text and str(model_dir / "capture") in caplog.text
     assert (old / "capture-000000000007.jsonl").exists()  # left alone
+
+
+def test_shadow_outputs_appear_only_when_a_shadow_ran() -> None:
+    from edge_module.capture import _Sample, records
+
+    trained = breast_cancer_model()
+    model = OnnxModel("cancer", "2", hashlib.sha256(trained.onnx).hexdigest(), trained.onnx, SessionConfig())
+    inputs = {"input": trained.x_holdout[:2]}
+    active, shadow = model.run(inputs), model.run(inputs)
+    shadow["label"] = 1 - shadow["label"]  # a shadow that disagrees on every row
+    sample = _Sample("cancer", "2", trained.feature_names, inputs, active, 0.0, "c", shadow_results=shadow)
+    rows = records(sample, "d")
+    assert [r["shadowOutputs"]["label"] for r in rows] == [1 - r["outputs"]["label"] for r in rows]
+    assert rows[0]["time"] == "1970-01-01T00:00:00.000Z"
+    plain = records(_Sample("cancer", "2", trained.feature_names, inputs, active, 0.0, "c"), "d")
+    assert all("shadowOutputs" not in r for r in plain)
