@@ -77,6 +77,14 @@ def test_the_template_is_valid_against_the_template_schema(schemas: SchemaSet) -
         "timeToLiveSecs"
     ]
     assert "models" in template["modulesContent"][MODULE]["properties.desired"]
+    # edgeHub's store-and-forward queue (captured data waits there for up to 14 days) and edgeAgent's state
+    # live on the host, so recreating either container loses nothing (IoT Edge "Give modules access to a
+    # device's local storage": StorageFolder plus a bind of a host folder).
+    system = template["modulesContent"]["$edgeAgent"]["properties.desired"]["systemModules"]
+    for name in ("edgeAgent", "edgeHub"):
+        folder = system[name]["env"]["StorageFolder"]["value"]
+        binds = system[name]["settings"]["createOptions"]["HostConfig"]["Binds"]
+        assert any(bind.split(":")[1] == folder and bind.startswith("/") for bind in binds)
 
 
 @pytest.mark.parametrize("platform", ["amd64", "arm64v8"])
