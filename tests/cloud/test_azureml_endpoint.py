@@ -46,7 +46,7 @@ from tests.cloud.azure_fake import (
     fake_azure,
 )
 from tests.support.models import iris_classifier
-from tests.support.server import free_port
+from tests.support.server import ModuleProcess, free_port
 from tests.support.system import require_binary
 
 IMAGE = "edgeacr.azurecr.io/edge-module:0.1.0-amd64"
@@ -375,33 +375,21 @@ def test_a_post_to_the_scoring_route_returns_the_prediction_of_the_module_as_dep
     deployment = build_deployment(plan, entry, write_store_bundle(entry, mount))
     routes = deployment.environment.inference_config
     variables = dict(deployment.environment_variables)
-    assert {route["port"] for route in routes.values()} == {int(variables["EDGE_PORT"])}
-    port = free_port()
-    variables["EDGE_MODEL_DIR"] = variables["EDGE_MODEL_DIR"].replace(deployment.model_mount_path, str(mount))
-    variables |= {"EDGE_HOST": "127.0.0.1", "EDGE_PORT": str(port)}
-    command = image_entrypoint()
-    assert command[0] == "python"
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "module.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, *command[1:]], env={**os.environ, **variables}, stdout=output, stderr=subprocess.STDOUT
-        )
-    try:
-        wait_for_model(base + routes["readiness_route"]["path"], process, log)
-        assert httpx.get(base + routes["liveness_route"]["path"], timeout=10).status_code == 200
+    assert {route["port"] for route in routes.values()} == {int(variables.pop("EDGE_PORT"))}
+    assert variables.pop("EDGE_HOST") == "0.0.0.0"
+    store = Path(variables["EDGE_MODEL_DIR"].replace(deployment.model_mount_path, str(mount)))
+    variables["EDGE_MODEL_DIR"] = str(store)
+    assert image_entrypoint() == ["python", "-m", "edge_module"]  # what ModuleProcess runs, with this python
+    with ModuleProcess(store, env=variables) as module:
+        assert httpx.get(module.url + routes["readiness_route"]["path"], timeout=10).status_code == 200
+        assert httpx.get(module.url + routes["liveness_route"]["path"], timeout=10).status_code == 200
         rows = iris_classifier().x_test[:5]
-        body = {
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}]
-        }
-        response = httpx.post(base + routes["scoring_route"]["path"], json=body, timeout=30)
+        tensor = {"name": "input", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}
+        response = httpx.post(module.url + routes["scoring_route"]["path"], json={"inputs": [tensor]}, timeout=30)
         assert response.status_code == 200, response.text
         prediction = response.json()
         assert (prediction["model_name"], prediction["model_version"]) == ("iris", entry.version)
         labels = next(output for output in prediction["outputs"] if output["name"] == "label")["data"]
         assert labels == iris_classifier().estimator.predict(rows).tolist()
         # The rest of V2 stays reachable on the same port, for clients that reach it (docs/azureml-endpoint.md).
-        assert httpx.get(f"{base}/v2/models/iris", timeout=10).json()["versions"] == [entry.version]
-    finally:
-        process.terminate()
-        process.wait(20)
+        assert httpx.get(f"{module.url}/v2/models/iris", timeout=10).json()["versions"] == [entry.version]
