@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        # argparse %-formats help strings (for %(default)s), not descriptions: a literal % must be doubled.
+        sub = subparsers.add_parser(module.NAME, help=module.HELP.replace("%", "%%"), description=module.HELP)
         module.configure(sub)
         sub.set_defaults(handler=module.run)
     return parser

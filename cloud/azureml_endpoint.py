@@ -1,8 +1,11 @@
 """Serve a registered model from an Azure ML managed online endpoint that runs our own edge module image.
 
 The deployment is a custom container: the image's entrypoint (``python -m edge_module``) serves the Open
-Inference Protocol V2 on port 8000, and Azure ML probes ``/v2/health/live`` and ``/v2/health/ready`` and forwards
-every scoring path (route ``/``), so tritonclient works against the endpoint as against a device.
+Inference Protocol V2 on port 8000. Azure ML probes ``/v2/health/live`` and ``/v2/health/ready``, and forwards
+the endpoint's scoring URI (``https://<endpoint>.<region>.inference.ml.azure.com/score``) to the scoring route,
+which is the deployed model's V2 infer path, ``/v2/models/<name>/infer``: ``POST <scoring_uri>`` with a V2 JSON
+body (what ``az ml online-endpoint invoke`` sends) returns the prediction. What Azure ML forwards, and what it
+does not, is in docs/azureml-endpoint.md.
 
 The model reaches the container as an Azure ML model asset mounted read-only: a folder laid out as the module's
 own model store (written with ``edge_module.store.ModelStore``) holding the registry version as the active one,
@@ -26,8 +29,6 @@ from cloud.registry import RegistryEntry
 PORT = 8000
 LIVENESS_PATH = "/v2/health/live"
 READINESS_PATH = "/v2/health/ready"
-# Every path is forwarded to the container, so /v2/models/<m>/infer (and the rest of V2) work as on a device.
-SCORING_PATH = "/"
 MODEL_MOUNT_PATH = "/var/azureml-app/edge-model"
 STORE_FOLDER = "store"
 DEFAULT_INSTANCE_TYPE = "Standard_DS2_v2"
@@ -98,11 +99,17 @@ def write_store_bundle(entry: RegistryEntry, folder: Path) -> Path:
     return root
 
 
-def inference_config() -> dict[str, Any]:
+def scoring_path(model: str) -> str:
+    """The container path Azure ML sends the scoring URI's requests to: the model's V2 infer path, which the
+    module's bare ASGI infer handler answers (no alias, nothing added to the hot path)."""
+    return f"/v2/models/{model}/infer"
+
+
+def inference_config(model: str) -> dict[str, Any]:
     return {
         "liveness_route": {"port": PORT, "path": LIVENESS_PATH},
         "readiness_route": {"port": PORT, "path": READINESS_PATH},
-        "scoring_route": {"port": PORT, "path": SCORING_PATH},
+        "scoring_route": {"port": PORT, "path": scoring_path(model)},
     }
 
 
@@ -128,10 +135,12 @@ def build_deployment(plan: EndpointPlan, entry: RegistryEntry, bundle: Path) -> 
     )
 
     environment = Environment(
-        name="edge-module",
+        # One environment per model: its inference_config names the model's scoring path, so the environments
+        # of two models served from one image tag differ and must not share a name and version.
+        name=f"edge-module-{entry.name}",
         version=ENVIRONMENT_VERSION.sub("-", plan.image.rsplit(":", 1)[-1] if ":" in plan.image else "latest"),
         image=plan.image,
-        inference_config=inference_config(),
+        inference_config=inference_config(entry.name),
         description="the edge module's own container image (python -m edge_module)",
     )
     model = Model(

@@ -11,6 +11,10 @@ NAME = "deploy"
 HELP = "render and validate IoT Edge manifests, layered deployments and twin patches, and apply them to IoT Hub"
 TEMPLATE = Path(__file__).resolve().parents[2] / "deployment.template.json"
 HUB_ENV = "IOTHUB_CONNECTION_STRING"
+SCHEMA_DIR_HELP = (
+    "folder of the IoT Edge JSON schemas (default: $IOTEDGE_SCHEMA_DIR, else the per-user cache, "
+    "filled from json.schemastore.org on first use)"
+)
 
 
 def _releases(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -41,14 +45,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     manifest.add_argument("--template", type=Path, default=TEMPLATE, help="default: %(default)s")
     manifest.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="placeholder value")
     manifest.add_argument("--env-file", type=Path, help="placeholder values, NAME=VALUE lines (as in .env)")
-    manifest.add_argument("--schema-dir", type=Path, help="IoT Edge JSON schemas (default: ../shared/iotedge-schemas)")
+    manifest.add_argument("--schema-dir", type=Path, help=SCHEMA_DIR_HELP)
     manifest.add_argument("--out", type=Path, required=True, help="manifest file to write")
     manifest.add_argument("--device", help="with --apply: the device to set the modules of")
     _hub(manifest, "apply to --device (POST applyConfigurationContent)")
 
     validate = actions.add_parser("validate", help="validate a manifest against the IoT Edge JSON schemas")
     validate.add_argument("manifest", type=Path)
-    validate.add_argument("--schema-dir", type=Path)
+    validate.add_argument("--schema-dir", type=Path, help=SCHEMA_DIR_HELP)
     validate.add_argument("--module", default="edge-inference")
 
     layered = actions.add_parser("layered", help="a layered deployment that sets only the module's models")
@@ -143,12 +147,22 @@ def _client(args: argparse.Namespace) -> Any:
     return IoTHubClient(HubCredentials.from_connection_string(value), endpoint=args.hub_endpoint)
 
 
+def _schemas(args: argparse.Namespace) -> Any:
+    from cloud.releases.schema_sources import locate_schema_dir
+    from cloud.releases.schemas import SchemaSet
+
+    def report(line: str) -> None:
+        sys.stderr.write(line + "\n")
+
+    return SchemaSet(locate_schema_dir(args.schema_dir, report=report))
+
+
 def _validate(args: argparse.Namespace) -> int:
-    from cloud.releases.schemas import SchemaSet, locate_schema_dir, validate_manifest
+    from cloud.releases.schemas import validate_manifest
     from cloud.releases.template import load_json
 
     manifest = load_json(args.manifest)
-    validate_manifest(manifest, SchemaSet(locate_schema_dir(args.schema_dir)), str(args.manifest), args.module)
+    validate_manifest(manifest, _schemas(args), str(args.manifest), args.module)
     sys.stdout.write(f"{args.manifest}: valid IoT Edge deployment manifest\n")
     return 0
 
@@ -156,12 +170,12 @@ def _validate(args: argparse.Namespace) -> int:
 def _manifest(args: argparse.Namespace, models: dict[str, Any]) -> int:
     from cloud.releases import azcli
     from cloud.releases.errors import TemplateError
-    from cloud.releases.schemas import SchemaSet, locate_schema_dir, validate_manifest
+    from cloud.releases.schemas import validate_manifest
     from cloud.releases.template import load_json, parse_assignments, read_env_file, render_manifest
 
     if args.apply and not args.device:
         raise TemplateError("--apply needs --device")
-    schemas = SchemaSet(locate_schema_dir(args.schema_dir))
+    schemas = _schemas(args)
     variables = dict(os.environ)
     if args.env_file:
         variables.update(read_env_file(args.env_file))

@@ -1,14 +1,13 @@
 """Offline validation against the official IoT Edge JSON schemas, plus the IoT Hub limits they do not encode.
 
-The schemas are read from a folder (``--schema-dir``, ``$IOTEDGE_SCHEMA_DIR``, else ``../shared/iotedge-schemas``
-beside the repository) and never fetched: every ``$ref`` resolves inside a local registry, and a reference
-to anything else is an error. No folder means no validation, and that is an error too, never a skip.
+The schemas are read from one folder (found by ``cloud.releases.schema_sources``) and nothing is fetched while
+validating: every ``$ref`` resolves inside a local registry, and a reference to anything else is an error. No
+schemas means no validation, and that is an error too, never a skip.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from functools import cached_property
@@ -18,8 +17,6 @@ from typing import Any
 from cloud.releases.errors import ManifestInvalid, SchemaUnavailable
 from edge_module.release import ReleaseError, parse_release
 
-SCHEMA_DIR_ENV = "IOTEDGE_SCHEMA_DIR"
-DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parents[3] / "shared" / "iotedge-schemas"
 SCHEMA_BASE_URI = "https://json.schemastore.org/"
 DEPLOYMENT_SCHEMA = "azure-iot-edge-deployment-2.0.json"
 TEMPLATE_SCHEMA = "azure-iot-edge-deployment-template-4.0.json"
@@ -34,17 +31,6 @@ MAX_DESIRED_DEPTH = 10
 MAX_PROBLEMS = 20
 CREATE_OPTIONS_CHUNK = 512  # IoT Hub's cap on a twin string value
 CREATE_OPTIONS_KEYS = ("createOptions", *(f"createOptions{i:02d}" for i in range(1, 8)))
-
-
-def locate_schema_dir(explicit: Path | None = None) -> Path:
-    candidate = explicit or (Path(os.environ[SCHEMA_DIR_ENV]) if os.environ.get(SCHEMA_DIR_ENV) else None)
-    directory = candidate or DEFAULT_SCHEMA_DIR
-    if not directory.is_dir():
-        raise SchemaUnavailable(
-            f"no IoT Edge JSON schemas at {directory}: pass --schema-dir or set {SCHEMA_DIR_ENV} to a folder "
-            f"holding {DEPLOYMENT_SCHEMA} (validation cannot be skipped)"
-        )
-    return directory
 
 
 class SchemaSet:

@@ -20,6 +20,21 @@ from edge_module.observability import Observability
 from edge_module.rest.body import BODY_TIMEOUT_S, check_bearer, read_body
 from edge_module.rest.errors import error_body, error_status_and_body
 from edge_module.rest.infer import ASGIApp, InferFastPath, infer_response
+from edge_module.rest.openapi import (
+    INFER_RESPONSES,
+    LIVE,
+    LOADED,
+    MODEL_CONFIG,
+    MODEL_METADATA,
+    MODEL_READY,
+    MODEL_STATS,
+    READY_RESPONSES,
+    REPOSITORY_INDEX,
+    SERVER_METADATA,
+    UNLOADED,
+    responses,
+    without_validation_errors,
+)
 from edge_module.rest.status import status_router
 
 _FILE_PARAM = re.compile(r"^file:(?:([^/]+)/)?model\.onnx$")
@@ -88,65 +103,65 @@ def create_app(
 
     health = APIRouter(tags=["health"])
 
-    @health.get("/v2")
+    @health.get("/v2", responses=responses(SERVER_METADATA))
     async def server_metadata() -> Response:
         return _json(dataplane.server_metadata())
 
-    @health.get("/v2/health/live")
+    @health.get("/v2/health/live", responses=responses(LIVE))
     async def live() -> Response:
         return _json({"live": True})
 
-    @health.get("/v2/health/ready")
+    @health.get("/v2/health/ready", responses=READY_RESPONSES)
     async def ready() -> Response:
         is_ready = dataplane.ready()
         return _json({"ready": is_ready}, 200 if is_ready else 503)
 
     models = APIRouter(tags=["models"], dependencies=[Depends(inference_auth)])
 
-    @models.get("/v2/models/stats")
+    @models.get("/v2/models/stats", responses=responses(MODEL_STATS, 401))
     async def all_stats() -> Response:
         return _json(dataplane.model_stats(None, None))
 
-    @models.get("/v2/models/{name}")
+    @models.get("/v2/models/{name}", responses=responses(MODEL_METADATA, 401, 404))
     async def model_metadata(name: str) -> Response:
         return _json(dataplane.model_metadata(name, None))
 
-    @models.get("/v2/models/{name}/versions/{version}")
+    @models.get("/v2/models/{name}/versions/{version}", responses=responses(MODEL_METADATA, 401, 404))
     async def version_metadata(name: str, version: str) -> Response:
         return _json(dataplane.model_metadata(name, version))
 
-    @models.get("/v2/models/{name}/ready")
+    @models.get("/v2/models/{name}/ready", responses=responses(MODEL_READY, 401, 404))
     async def model_ready(name: str) -> Response:
         dataplane.model_ready(name, None)
         return _json({"name": name, "ready": True})
 
-    @models.get("/v2/models/{name}/versions/{version}/ready")
+    @models.get("/v2/models/{name}/versions/{version}/ready", responses=responses(MODEL_READY, 401, 404))
     async def version_ready(name: str, version: str) -> Response:
         dataplane.model_ready(name, version)
         return _json({"name": name, "version": version, "ready": True})
 
-    @models.get("/v2/models/{name}/config")
+    @models.get("/v2/models/{name}/config", responses=responses(MODEL_CONFIG, 401, 404))
     async def model_config(name: str) -> Response:
         return _json(dataplane.model_config(name, None))
 
-    @models.get("/v2/models/{name}/versions/{version}/config")
+    @models.get("/v2/models/{name}/versions/{version}/config", responses=responses(MODEL_CONFIG, 401, 404))
     async def version_config(name: str, version: str) -> Response:
         return _json(dataplane.model_config(name, version))
 
-    @models.get("/v2/models/{name}/stats")
+    @models.get("/v2/models/{name}/stats", responses=responses(MODEL_STATS, 401, 404))
     async def model_stats(name: str) -> Response:
         return _json(dataplane.model_stats(name, None))
 
-    @models.get("/v2/models/{name}/versions/{version}/stats")
+    @models.get("/v2/models/{name}/versions/{version}/stats", responses=responses(MODEL_STATS, 401, 404))
     async def version_stats(name: str, version: str) -> Response:
         return _json(dataplane.model_stats(name, version))
 
     # Served by InferFastPath in front of this app; declared here too so the OpenAPI schema lists them.
-    @models.post("/v2/models/{name}/infer", openapi_extra=_INFER_BODY)
+    @models.post("/v2/models/{name}/infer", openapi_extra=_INFER_BODY, responses=INFER_RESPONSES)
     async def infer(name: str, request: Request) -> Response:
         return await _infer(request, name, None)
 
-    @models.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY)
+    @models.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY, responses=INFER_RESPONSES)
     async def infer_version(name: str, version: str, request: Request) -> Response:
         return await _infer(request, name, version)
 
@@ -158,11 +173,15 @@ def create_app(
 
     repository = APIRouter(tags=["repository"])
 
-    @repository.post("/v2/repository/index")
+    @repository.post("/v2/repository/index", responses=responses(REPOSITORY_INDEX))
     async def repository_index() -> Response:
         return _json(dataplane.repository_index())
 
-    @repository.post("/v2/repository/models/{name}/load", dependencies=[Depends(admin_auth)])
+    @repository.post(
+        "/v2/repository/models/{name}/load",
+        dependencies=[Depends(admin_auth)],
+        responses=responses(LOADED, 400, 401, 403, 404, 408, 413, 415, 500),
+    )
     async def load(name: str, request: Request) -> Response:
         params = await _parameters(request, max_request_bytes)
         files = {key: value for key, value in params.items() if key.startswith("file:")}
@@ -176,7 +195,11 @@ def create_app(
         active = dataplane.repository.get(name)
         return _json({"name": name, "version": active.version, "sha256": active.sha256})
 
-    @repository.post("/v2/repository/models/{name}/unload", dependencies=[Depends(admin_auth)])
+    @repository.post(
+        "/v2/repository/models/{name}/unload",
+        dependencies=[Depends(admin_auth)],
+        responses=responses(UNLOADED, 400, 401, 403, 404),
+    )
     async def unload(name: str) -> Response:
         await manager.remove(name)
         return _json({"name": name, "unloaded": True})
@@ -186,6 +209,8 @@ def create_app(
     app.include_router(repository)
     if observability is not None:
         app.include_router(status_router(observability))
+    generate = app.openapi
+    app.openapi = lambda: without_validation_errors(generate())  # type: ignore[method-assign]
     return InferFastPath(app, dataplane, max_request_bytes, api_token, request_timeout_s)
 
 

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 
 from edge_module.metrics import CONTENT_TYPE
 from edge_module.observability import Observability
+from edge_module.rest.openapi import METRICS_RESPONSES, STATUS, responses
 
 
 def status_page() -> bytes:
@@ -24,11 +25,11 @@ def status_router(observability: Observability) -> APIRouter:
     router = APIRouter(tags=["observability"])
     page = status_page()
 
-    @router.get("/metrics")
+    @router.get("/metrics", responses=METRICS_RESPONSES)
     async def metrics() -> Response:
         return Response(observability.metrics.render(), media_type=CONTENT_TYPE)
 
-    @router.get("/status.json")
+    @router.get("/status.json", responses=responses(STATUS))
     async def status() -> Response:
         return Response(orjson.dumps(observability.status()), media_type="application/json")
 

@@ -20,7 +20,14 @@ import pytest
 
 from cloud.__main__ import main
 from cloud.azureml import AzureWorkspace, ml_client
-from cloud.azureml_endpoint import EndpointError, EndpointPlan, deploy, split_traffic, write_store_bundle
+from cloud.azureml_endpoint import (
+    EndpointError,
+    EndpointPlan,
+    build_deployment,
+    deploy,
+    split_traffic,
+    write_store_bundle,
+)
 from cloud.registry import LocalRegistry, RegistryEntry
 from edge_module.store import ModelStore
 from tests.cloud.azure_fake import (
@@ -39,10 +46,11 @@ from tests.cloud.azure_fake import (
     fake_azure,
 )
 from tests.support.models import iris_classifier
-from tests.support.server import free_port
+from tests.support.server import ModuleProcess, free_port
 from tests.support.system import require_binary
 
 IMAGE = "edgeacr.azurecr.io/edge-module:0.1.0-amd64"
+REPO = Path(__file__).resolve().parents[2]
 ENDPOINT_PATH = rf"{re.escape(WORKSPACE_PATH)}/onlineEndpoints/([^/]+)"
 
 
@@ -60,7 +68,8 @@ def add_endpoint_routes(fake: FakeAzure, existing_traffic: dict[str, int] | None
     def put_endpoint(request: Recorded) -> Reply:
         name = re.findall(ENDPOINT_PATH + "$", request.path)[0]
         properties = {**request.json()["properties"], "provisioningState": "Succeeded"}
-        properties["scoringUri"] = f"https://{name}.westeurope.inference.ml.azure.com/"
+        # An endpoint's scoring URI is its host's /score (how-to-deploy-custom-container, "Scoring route").
+        properties["scoringUri"] = f"https://{name}.westeurope.inference.ml.azure.com/score"
         state["endpoints"][name] = endpoint_resource(name, properties)
         return 200, state["endpoints"][name], {}
 
@@ -170,16 +179,17 @@ def test_deploy_puts_the_endpoint_and_a_custom_container_deployment_of_our_image
         "EDGE_PORT": "8000",
     }
     assert properties["model"].endswith("/models/iris-edge-store/versions/2")
-    assert properties["environmentId"].endswith("/environments/edge-module/versions/0.1.0-amd64")
+    assert properties["environmentId"].endswith("/environments/edge-module-iris/versions/0.1.0-amd64")
     assert properties["readinessProbe"]["initialDelay"] == "PT5S"
 
-    [environment_put] = puts(fake, r"/environments/edge-module/versions/0\.1\.0-amd64$")
+    [environment_put] = puts(fake, r"/environments/edge-module-iris/versions/0\.1\.0-amd64$")
     environment = environment_put.json()["properties"]
     assert environment["image"] == IMAGE
+    # POST <scoring_uri> reaches the deployed model's V2 infer path; the probes use the V2 health paths.
     assert environment["inferenceConfig"] == {
         "livenessRoute": {"port": 8000, "path": "/v2/health/live"},
         "readinessRoute": {"port": 8000, "path": "/v2/health/ready"},
-        "scoringRoute": {"port": 8000, "path": "/"},
+        "scoringRoute": {"port": 8000, "path": "/v2/models/iris/infer"},
     }
 
     # The model asset is the registry's version, laid out as the module's store, uploaded to the datastore.
@@ -191,7 +201,7 @@ def test_deploy_puts_the_endpoint_and_a_custom_container_deployment_of_our_image
     assert json.loads(uploaded["models/iris.json"])["active"]["version"] == "2"
     assert model["modelUri"].rstrip("/").endswith("/store")
 
-    assert result.scoring_uri == "https://edge-iris.westeurope.inference.ml.azure.com/"
+    assert result.scoring_uri == "https://edge-iris.westeurope.inference.ml.azure.com/score"
     assert (result.version, result.sha256, result.traffic) == ("2", entry.sha256, {"blue": 100})
 
 
@@ -336,3 +346,50 @@ def wait_for_model(url: str, process: subprocess.Popen[bytes], log: Path) -> Any
             pass
         time.sleep(0.1)
     raise AssertionError(f"the module did not serve {url}: {log.read_text()}")
+
+
+def image_entrypoint() -> list[str]:
+    """The command the image starts (its ENTRYPOINT), the same in both Dockerfiles."""
+    commands = []
+    for dockerfile in ("Dockerfile.amd64", "Dockerfile.arm64"):
+        lines = (REPO / dockerfile).read_text().splitlines()
+        [line] = [line for line in lines if line.startswith("ENTRYPOINT ")]
+        commands.append(json.loads(line.removeprefix("ENTRYPOINT ")))
+    assert commands[0] == commands[1]
+    command: list[str] = commands[0]
+    return command
+
+
+@pytest.mark.slow
+def test_a_post_to_the_scoring_route_returns_the_prediction_of_the_module_as_deployed(
+    entry: RegistryEntry, tmp_path: Path
+) -> None:
+    """The deployment's own settings and routes, against the real module started by the image's command.
+
+    Azure ML mounts the model asset at ``model_mount_path`` and starts the image; here the mount is a folder and
+    ``python`` is this interpreter. The one change: the module listens on 127.0.0.1 and a free port (tests never
+    bind 0.0.0.0), and the routes' port is checked to be the one the deployment makes the module listen on.
+    """
+    plan = EndpointPlan(endpoint="edge-iris", deployment="blue", image=IMAGE)
+    mount = tmp_path / "mount"
+    deployment = build_deployment(plan, entry, write_store_bundle(entry, mount))
+    routes = deployment.environment.inference_config
+    variables = dict(deployment.environment_variables)
+    assert {route["port"] for route in routes.values()} == {int(variables.pop("EDGE_PORT"))}
+    assert variables.pop("EDGE_HOST") == "0.0.0.0"
+    store = Path(variables["EDGE_MODEL_DIR"].replace(deployment.model_mount_path, str(mount)))
+    variables["EDGE_MODEL_DIR"] = str(store)
+    assert image_entrypoint() == ["python", "-m", "edge_module"]  # what ModuleProcess runs, with this python
+    with ModuleProcess(store, env=variables) as module:
+        assert httpx.get(module.url + routes["readiness_route"]["path"], timeout=10).status_code == 200
+        assert httpx.get(module.url + routes["liveness_route"]["path"], timeout=10).status_code == 200
+        rows = iris_classifier().x_test[:5]
+        tensor = {"name": "input", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}
+        response = httpx.post(module.url + routes["scoring_route"]["path"], json={"inputs": [tensor]}, timeout=30)
+        assert response.status_code == 200, response.text
+        prediction = response.json()
+        assert (prediction["model_name"], prediction["model_version"]) == ("iris", entry.version)
+        labels = next(output for output in prediction["outputs"] if output["name"] == "label")["data"]
+        assert labels == iris_classifier().estimator.predict(rows).tolist()
+        # The rest of V2 stays reachable on the same port, for clients that reach it (docs/azureml-endpoint.md).
+        assert httpx.get(f"{module.url}/v2/models/iris", timeout=10).json()["versions"] == [entry.version]

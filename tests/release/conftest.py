@@ -7,7 +7,7 @@ import pytest
 
 from cloud.registry import LocalRegistry, RegistryEntry
 from cloud.releases.keys import KeyPair, generate_key_pair
-from cloud.releases.schemas import DEFAULT_SCHEMA_DIR, SchemaSet
+from cloud.releases.schemas import SchemaSet
 from tests.support.models import iris_classifier
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,8 +25,8 @@ VARIABLES = {
 
 @pytest.fixture
 def schemas() -> SchemaSet:
-    """The official IoT Edge schemas from ../shared/iotedge-schemas (never copied into the project)."""
-    directory = Path(os.environ.get("IOTEDGE_SCHEMA_DIR") or DEFAULT_SCHEMA_DIR)
+    """The official IoT Edge schemas from $IOTEDGE_SCHEMA_DIR: ../shared/iotedge-schemas unless set otherwise."""
+    directory = Path(os.environ["IOTEDGE_SCHEMA_DIR"])
     if not directory.is_dir():
         reason = f"IoT Edge JSON schemas not found at {directory} (set IOTEDGE_SCHEMA_DIR)"
         if os.environ.get("CI"):

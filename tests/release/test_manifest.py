@@ -16,7 +16,8 @@ from cloud.registry import LocalRegistry
 from cloud.releases.errors import ManifestInvalid, SchemaUnavailable, TemplateError
 from cloud.releases.keys import KeyPair, generate_key_pair
 from cloud.releases.layered import layered_deployment
-from cloud.releases.schemas import SchemaSet, locate_schema_dir, validate_manifest, validate_template
+from cloud.releases.schema_sources import locate_schema_dir
+from cloud.releases.schemas import SchemaSet, validate_manifest, validate_template
 from cloud.releases.template import (
     CREATE_OPTIONS_CHUNK,
     chunk_create_options,

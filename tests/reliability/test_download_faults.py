@@ -20,8 +20,10 @@ from tests.support.models import iris_classifier
 from tests.twin.release_server import ReleaseServer
 from tests.twin.test_reconcile import Twin
 
-# A 1 s read timeout turns a stalled server into a retry quickly.
-POLICY = FetchPolicy(allow_insecure=True, max_bytes=10_000_000, timeout=1.0, attempts=3, backoff=0.05)
+# A short read timeout turns a stalled server into a retry quickly; 3 s, not less, so that a loaded machine
+# pausing a healthy transfer is not taken for a stall (the case below with one attempt would then fail).
+READ_TIMEOUT_S = 3.0
+POLICY = FetchPolicy(allow_insecure=True, max_bytes=10_000_000, timeout=READ_TIMEOUT_S, attempts=3, backoff=0.05)
 
 
 @pytest.fixture
@@ -59,7 +61,7 @@ async def test_a_release_reissued_with_a_fresh_sas_resumes_the_interrupted_downl
     twin: Twin, releases: ReleaseServer
 ) -> None:
     # One attempt per try, and the next try only in a minute: the operator's new URL comes first.
-    policy = FetchPolicy(allow_insecure=True, max_bytes=10_000_000, timeout=1.0, attempts=1, backoff=0.05)
+    policy = FetchPolicy(allow_insecure=True, max_bytes=10_000_000, timeout=READ_TIMEOUT_S, attempts=1, backoff=0.05)
     reconciler = Reconciler(ModelUpdater(twin.module.manager, policy, [], twin.reported), twin.reported, 60)
     await _serving_v1(twin, reconciler, releases)
     data = iris_classifier("2", n_estimators=7).onnx

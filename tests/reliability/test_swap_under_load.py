@@ -103,19 +103,24 @@ def test_twenty_swaps_under_load_fail_no_request_and_mix_no_versions(
     for worker in workers:
         worker.start()
     durations: list[float] = []
+
+    def until_served(version: int) -> None:
+        # Let the load reach this version before the next swap, however busy the machine is (bounded).
+        deadline = time.monotonic() + 30
+        while not (tally.by_version.get(str(version)) or tally.failures or tally.mixed):
+            if time.monotonic() > deadline:
+                return  # the assertions below report which version got no load
+            time.sleep(0.05)
+
     try:
+        until_served(1)
         for version in range(2, SWAPS + 2):
             block = releases.release("iris", str(version), models[version].onnx)
             patched = time.monotonic()
             edge.hub.patch_desired({"models": {"iris": block}})
             edge.hub.wait_model_state("iris", "active", activeVersion=str(version), timeout=90)
             durations.append(time.monotonic() - patched)
-            # Let the load reach this version before the next swap, however busy the machine is (bounded).
-            for _ in range(200):
-                if tally.by_version.get(str(version)) or tally.failures or tally.mixed:
-                    break
-                time.sleep(0.05)
-        time.sleep(0.5)  # some load on the last version too
+            until_served(version)
     finally:
         stop.set()
         for worker in workers:

@@ -20,37 +20,54 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class PortTaken(RuntimeError):
+    """The free port we picked was taken by someone else before the module bound it."""
+
+
 class ModuleProcess:
+    BIND_ATTEMPTS = 3
+
     def __init__(
         self, model_dir: Path, env: dict[str, str] | None = None, args: Sequence[str] = (), ca_file: Path | None = None
     ) -> None:
-        self.port = free_port()
         # With ca_file the module serves HTTPS (EDGE_TLS_* in env) and clients verify against that CA.
         self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
-        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
+        self.scheme = "https" if ca_file else "http"
         self.model_dir = model_dir
-        self.env = {
-            **os.environ,
-            "EDGE_HOST": "127.0.0.1",
-            "EDGE_PORT": str(self.port),
-            "EDGE_MODEL_DIR": str(model_dir),
-            **(env or {}),
-        }
+        self.env = {**os.environ, "EDGE_HOST": "127.0.0.1", "EDGE_MODEL_DIR": str(model_dir), **(env or {})}
         self.args = list(args)
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = model_dir.parent / f"module-{self.port}.log"
+        self._pick_port()
+
+    def _pick_port(self) -> None:
+        self.port = free_port()
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
+        self.env["EDGE_PORT"] = str(self.port)
+        self.log_path = self.model_dir.parent / f"module-{self.port}.log"
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> ModuleProcess:
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge_module", *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        try:
-            self.wait(wait_ready, timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        # free_port() releases the port before the module binds it: on a busy machine another process may take
+        # it in between. The module then exits with "address already in use", and we try another port.
+        for attempt in range(self.BIND_ATTEMPTS):
+            self._log = self.log_path.open("wb")
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "edge_module", *self.args],
+                env=self.env,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                self.wait(wait_ready, timeout)
+                return self
+            except PortTaken:
+                self.stop()
+                if attempt + 1 == self.BIND_ATTEMPTS:
+                    raise
+                self._pick_port()
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def wait(self, ready: bool, timeout: float) -> None:
         path = "/v2/health/ready" if ready else "/v2/health/live"
@@ -58,6 +75,8 @@ class ModuleProcess:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
+                if "address already in use" in self.logs():
+                    raise PortTaken(f"port {self.port}: {self.logs()[-500:]}")
                 raise RuntimeError(f"module exited with {self.process.returncode}: {self.logs()}")
             try:
                 if httpx.get(self.url + path, timeout=1.0, verify=self.verify).status_code == 200:
