@@ -86,7 +86,7 @@ def test_sklearn_datasets_end_to_end(
 
     entry = LocalRegistry(tmp_path / "registry").get(name, alias="production")
     assert entry.version == "1"
-    assert entry.path.read_bytes() == (out / "model.onnx").read_bytes()
+    assert entry.local_path().read_bytes() == (out / "model.onnx").read_bytes()
     assert entry.tags["task"] == task
     assert entry.metadata["parity"]["passed"] is True
     comparison = json.loads((out / "comparison.json").read_text())
@@ -94,7 +94,7 @@ def test_sklearn_datasets_end_to_end(
     assert len(comparison) == 2
     assert_report(out, plots)
 
-    metadata = metadata_of(entry.path)
+    metadata = metadata_of(entry.local_path())
     assert (metadata.name, metadata.version, metadata.task) == (name, "1", task)
     assert "target" not in metadata.feature_names  # the label never leaks in as a feature
     assert metadata.allow_missing is True
@@ -104,7 +104,7 @@ def test_sklearn_datasets_end_to_end(
         metadata,
         rows=json.loads((out / "data.json").read_text())["rows"] - int(comparison[0]["test_rows"]),
     )
-    session = ort.InferenceSession(str(entry.path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(entry.local_path()), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == list(metadata.feature_names)
     assert all(i.shape == [None, 1] and i.type == "tensor(float)" for i in session.get_inputs())
     outputs = [o.name for o in session.get_outputs()]
@@ -134,7 +134,7 @@ def test_csv_with_strings_and_missing_values(
     assert_report(out, {"confusion_matrix.png", "roc.png"})
 
     entry = LocalRegistry(tmp_path / "registry").get("sensors")
-    metadata = metadata_of(entry.path)
+    metadata = metadata_of(entry.local_path())
     assert [(f.name, f.type) for f in metadata.features] == [
         ("temperature", "numeric"),
         ("vibration", "numeric"),
@@ -144,7 +144,7 @@ def test_csv_with_strings_and_missing_values(
     site = metadata.profile["features"]["site"]
     assert set(site["categories"]) == {"north", "south", "east"}
     assert site["missing"] > 0
-    session = ort.InferenceSession(str(entry.path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(entry.local_path()), providers=["CPUExecutionProvider"])
     assert [(i.name, i.type) for i in session.get_inputs()] == [
         ("temperature", "tensor(float)"),
         ("vibration", "tensor(float)"),
@@ -167,7 +167,7 @@ def test_csv_with_strings_and_missing_values(
     assert train(tmp_path, *args, "--algorithm", "logistic_regression") == 0
     second = LocalRegistry(tmp_path / "registry").get("sensors")
     assert second.version == "2"
-    assert metadata_of(second.path).version == "2"
+    assert metadata_of(second.local_path()).version == "2"
     assert LocalRegistry(tmp_path / "registry").get("sensors", "1").sha256 == entry.sha256
 
 
