@@ -27,6 +27,7 @@ RESOURCE_GROUP = "rg-edge"
 WORKSPACE = "ws-edge"
 ACCOUNT = "edgestore"
 CONTAINER = "azureml-blobstore-1234"
+AZUREML_URI = f"azureml://subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/workspaces/{WORKSPACE}"
 WORKSPACE_PATH = (
     f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
     f"/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}"

@@ -23,11 +23,10 @@ from cloud.errors import (
 )
 from cloud.registry import LocalRegistry, Registry, RegistryEntry
 from cloud.registry_location import open_registry, parse_location
-from tests.cloud.azure_fake import CLIENT_ID, RESOURCE_GROUP, SUBSCRIPTION, TENANT, WORKSPACE, fake_azure
+from tests.cloud.azure_fake import AZUREML_URI, CLIENT_ID, RESOURCE_GROUP, SUBSCRIPTION, TENANT, WORKSPACE, fake_azure
 from tests.cloud.azureml_service import AzureMLService
 from tests.support.models import iris_classifier
 
-AZUREML_URI = f"azureml://subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/workspaces/{WORKSPACE}"
 BIG_METADATA = {"features": [{"name": f"feature_{i:03d}", "type": "numeric"} for i in range(60)], "task": "c"}
 
 

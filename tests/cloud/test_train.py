@@ -242,3 +242,35 @@ def test_evaluate_a_regressor(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["evaluate", "diabetes", "--version", "1", "--data", "sklearn:diabetes", *registry]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["rows"] == 442 and 30 < result["rmse"] < 80 and 0 < result["r2"] < 1
+
+
+def test_retraining_on_the_same_data_registers_nothing_and_new_data_gets_the_next_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.cloud.conftest import write_sensor_csv
+
+    data_a = write_sensor_csv(tmp_path / "a.csv", seed=0)
+    data_b = write_sensor_csv(tmp_path / "b.csv", seed=1)
+    common = ["--target", "status", "--name", "sensors", "--algorithm", "logistic_regression", "--algorithm", "mlp"]
+
+    def run(data: Path, out: str) -> str:
+        capsys.readouterr()
+        assert train(tmp_path, "--data", str(data), *common, "--out", str(tmp_path / out), "--promote") == 0
+        return capsys.readouterr().out
+
+    registry = LocalRegistry(tmp_path / "registry")
+    assert "registered sensors version 1 " in run(data_a, "run-1")
+    # Same data, code and settings: byte-identical ONNX (seeded search, no clocks or run ids in the file).
+    assert "unchanged: sensors version 1\n" in run(data_a, "run-2")
+    assert (tmp_path / "run-2" / "model.onnx").read_bytes() == registry.get("sensors", "1").local_path().read_bytes()
+    assert [e.version for e in registry.list("sensors")] == ["1"]
+    assert registry.get("sensors", alias="production").version == "1"
+
+    assert "registered sensors version 2 " in run(data_b, "run-3")
+    assert metadata_of(registry.get("sensors").local_path()).version == "2"
+    # Data A again after B differs from the latest version: a new version, never a reused number.
+    assert "registered sensors version 3 " in run(data_a, "run-4")
+    assert [e.version for e in registry.list("sensors")] == ["1", "2", "3"]
+    assert registry.get("sensors", alias="production").version == "3"
+    lineage = registry.get("sensors", "3").metadata["lineage"]
+    assert lineage["dataset"] == str(data_a) and lineage["training"]["seed"] == 0
