@@ -159,6 +159,35 @@ def test_train_registers_in_azure_ml_with_default_credential_and_azure_is_a_depr
     assert main([*args, "--azure", "--registry", str(tmp_path / "elsewhere")]) == 1
     assert "give one of them" in capsys.readouterr().err
 
+    # evaluate reads the version back from Azure ML (downloaded through azure-ai-ml, sha256 checked).
+    assert main(["evaluate", "iris", "--registry", "azureml:", "--data", "sklearn:iris"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert (scored["model"], scored["version"], scored["rows"]) == ("iris", "1", 150)
+    assert scored["accuracy"] > 0.8
+
+
+def test_train_when_azure_ml_fails_mid_registration_then_a_retry(
+    service: tuple[FakeAzure, AzureMLService],
+    workspace_env: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, stand_in = service
+    stand_in.fail("PUT", r"/models/iris/versions/\d+$", status=503, times=100)
+    args = ["train", "--data", "sklearn:iris", "--algorithm", "logistic_regression", "--trials", "1", "--cv", "2"]
+    args += ["--out", str(tmp_path / "run"), "--no-progress", "--registry", "azureml:"]
+
+    assert main(args) == 1
+    error = capsys.readouterr().err
+    assert "error: register iris version 1: Azure ML failed or is unreachable" in error
+    assert "nothing was changed, retry" in error
+    assert stand_in.versions("iris") == []
+
+    stand_in.clear_faults()
+    assert main(args) == 0
+    assert "registered iris version 1 " in capsys.readouterr().out
+    assert [v["name"] for v in stand_in.versions("iris")] == ["1"]
+
 
 @pytest.mark.parametrize("option", [["--azure"], ["--registry", "azureml:"]])
 def test_azure_without_a_workspace_fails_before_training(
