@@ -357,9 +357,19 @@ def test_azureml_a_deleted_version_number_is_never_reused(azure_backend: AzureBa
     service.delete_version("iris", "2")  # the service remembers it: "cannot be recreated"
 
     assert [e.version for e in backend.registry.list("iris")] == ["1"]
+    assert backend.registry.next_version("iris") == "2"  # the service alone knows 2 is gone for good
     with pytest.raises(VersionTaken, match="cannot be recreated"):
         backend.registry.register("iris", b"c", version="2")
     assert backend.registry.register("iris", b"c").entry.version == "3"
+
+
+def test_azureml_registering_without_a_number_skips_a_deleted_one(azure_backend: AzureBackend) -> None:
+    backend, service = azure_backend
+    register(backend.registry, "iris", b"a")
+    register(backend.registry, "iris", b"b")
+    service.delete_version("iris", "2")
+    assert backend.registry.register("iris", b"c").entry.version == "3"
+    assert [v["name"] for v in service.versions("iris")] == ["1", "3"]
 
 
 def test_azureml_mapping_of_tags_and_properties(azure_backend: AzureBackend) -> None:
