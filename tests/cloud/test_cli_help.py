@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloud.__main__ import build_parser
+from cloud.__main__ import build_parser, main
 
 
 def command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -47,3 +47,15 @@ def test_help_exits_0_with_a_usage(path: tuple[str, ...]) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: python -m cloud {' '.join(path)}".rstrip()), result.stdout
     assert len(result.stdout.splitlines()) > 2 and result.stderr == ""
+
+
+MODEL_COMMANDS = (["train"], ["registry"], ["release"], ["evaluate"], ["endpoint", "deploy"])
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS, ids=" ".join)
+def test_model_commands_take_the_registry_location(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--registry LOCATION" in text
+    assert "'azureml:'" in text and "$CLOUD_REGISTRY" in text
