@@ -1,1 +1,1 @@
-"""The performance benchmark: ``python -m benchmarks.run`` (see the README's Performance section)."""
+"""The performance benchmark: ``python -m benchmarks.run`` (see docs/performance.md)."""

@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     access_log: bool = False
 
-    # Observability (README "Observability"). The twin's desired "observability" block overrides the
+    # Observability (docs/observability.md). The twin's desired "observability" block overrides the
     # telemetry interval, drift threshold, capture rate and log level at run time.
     metrics_enabled: bool = True
     telemetry_interval: float = Field(default=60.0, ge=1.0, le=86400.0)
