@@ -1,11 +1,12 @@
 """Roll a signed release out through IoT Hub layered deployments, ring by ring, superseding the last one.
 
 One rollout is a number (see ``naming``) and two configurations: the canary ring first, then the fleet.
-Each ring is created, then waited for: every device the configuration targets (the module twin's
-``configurations`` map names it) must report the release ``active``; the first ``failed`` stops the rollout.
-Once the fleet ring is active, the configurations of every earlier rollout of the model are deleted: the
-hub holds at most two rollouts of a model (four configurations) while one is in flight, and one rollout
-(two configurations) at rest, far from the 100-deployment quota. The release to go back to lives in the
+Each ring is created, then waited for: every device the configuration targets (its device twin's
+``configurations`` map names it ``Targeted``, as IoT Edge deployments' targetedCount metric counts them) must
+report the release ``active`` in its module twin; the first ``failed`` stops the rollout. Once the fleet
+ring is active, the configurations of every earlier rollout of the model are deleted: the hub holds at most
+three configurations of a model while a rollout is in flight (the old two and the new canary), and one
+rollout (two configurations) at rest, far from the 100-deployment quota. The release to go back to lives in the
 registry (the ``previous`` alias, see ``aliases``), not in the hub.
 
 Re-running a ring of the rollout in flight resumes it: existing configurations are kept (their content
@@ -176,23 +177,25 @@ class Rollout:
     def wait(self, model: str, version: str, configuration_id: str) -> list[ModelStatus]:
         """Until every device the configuration targets reports ``version`` active; fail at the first failure."""
         deadline = self.waiting.clock() + self.waiting.timeout_seconds
-        sql = status_query(self.module)
+        # The devices a configuration targets, as IoT Edge deployments' targetedCount system metric counts them.
+        targeted_sql = f"SELECT deviceId FROM devices WHERE configurations.[[{configuration_id}]].status = 'Targeted'"
         while True:
-            twins = [t for t in self.hub.query(sql) if configuration_id in (t.get("configurations") or {})]
+            targeted = {str(row.get("deviceId")) for row in self.hub.query(targeted_sql)}
+            twins = [t for t in self.hub.query(status_query(self.module)) if t.get("deviceId") in targeted]
             rows = model_statuses(twins, model)
             failed = [r for r in rows if r.state == "failed" and r.desired_version == version]
             if failed:
                 reasons = "; ".join(f"{r.device}: {r.error or 'no reason reported'}" for r in failed)
                 raise RolloutFailed(f"{model} version {version} failed on {len(failed)} device(s): {reasons}")
             done = [r for r in rows if r.state == "active" and r.active_version == version]
-            if twins and len(done) == len(twins):
+            if targeted and len(done) == len(targeted):
                 self.log(f"{configuration_id}: {len(done)} device(s) report {model} {version} active")
                 return rows
             if self.waiting.clock() >= deadline:
                 raise RolloutTimeout(
-                    f"{configuration_id}: {len(done)} of {len(twins)} targeted device(s) report {model} {version} "
+                    f"{configuration_id}: {len(done)} of {len(targeted)} targeted device(s) report {model} {version} "
                     f"active after {self.waiting.timeout_seconds:.0f} s"
-                    + ("" if twins else " (no device is targeted: check the target condition and device tags)")
+                    + ("" if targeted else " (no device is targeted: check the target condition and device tags)")
                 )
             self.waiting.sleep(self.waiting.poll_seconds)
 

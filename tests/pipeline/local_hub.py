@@ -32,10 +32,14 @@ What it does as IoT Hub does, with where the service documents it:
   more deployments with equal priority, the most recently created deployment (determined by the creation
   timestamp) applies", and a layered deployment's ``properties.desired`` "overwrites the desired properties
   for the module in any lower priority deployments" (Understand IoT Edge automatic deployments; az iot edge
-  deployment create). The module twin's ``configurations`` map holds ``{"status": "Targeted"}`` for each
-  targeting configuration and ``"Applied"`` for those whose content it carries (automatic device
-  management, system metrics).
-- ``POST /devices/query`` answers ``SELECT * FROM devices.modules [WHERE moduleId = '...']`` in pages of
+  deployment create). As IoT Edge deployments' system metrics read them, the device twin's
+  ``configurations`` map holds ``{"status": "Targeted"}`` for each configuration targeting the device
+  (targetedCount: ``... FROM devices WHERE configurations.[[id]].status = 'Targeted'``), and the
+  ``$edgeAgent`` module twin's holds ``"Applied"`` for those whose content the device got (appliedCount:
+  ``... FROM devices.modules WHERE moduleId = '$edgeAgent' AND configurations.[[id]].status = 'Applied'``;
+  "Include the double brackets", automatic device management, metrics).
+- ``POST /devices/query`` answers ``SELECT * FROM devices.modules [WHERE moduleId = '...']`` and
+  ``SELECT * | deviceId FROM devices [WHERE configurations.[[id]].status = '...']`` in pages of
   ``x-ms-max-item-count`` items, the next one named by the opaque ``x-ms-continuation`` token (REST:
   Query - Get Twins); any other query: 400 (this stand-in does not implement the whole language).
 - ``GET /twins/{device}/modules/{module}``: the module twin, or 404.
@@ -91,6 +95,11 @@ CONFIGURATION_ID = re.compile(r"^[a-z0-9\-:+%_#*?!(),=@;']{1,128}$")
 MUTABLE = ("labels", "metrics", "priority", "targetCondition")
 MODULES_QUERY = re.compile(
     r"^\s*SELECT\s+\*\s+FROM\s+devices\.modules(?:\s+WHERE\s+moduleId\s*=\s*'([^']*)')?\s*$", re.IGNORECASE
+)
+DEVICES_QUERY = re.compile(
+    r"^\s*SELECT\s+(\*|deviceId)\s+FROM\s+devices"
+    r"(?:\s+WHERE\s+configurations\.\[\[([^\]]+)\]\]\.status\s*=\s*'(Targeted|Applied)')?\s*$",
+    re.IGNORECASE,
 )
 DEFAULT_PAGE = 100
 
@@ -174,7 +183,7 @@ class StandInHub:
             if parts == ["devices", "query"] and request.method == "POST":
                 return self._query(request)
             if len(parts) == 4 and parts[0] == "twins" and parts[2] == "modules" and request.method == "GET":
-                twin = self._module_twins().get((parts[1], parts[3]))
+                twin = self._twins()[1].get((parts[1], parts[3]))
                 return (
                     Answer(200, twin)
                     if twin
@@ -309,14 +318,19 @@ class StandInHub:
 
     def _query(self, request: Captured) -> Answer:
         sql = (request.body or {}).get("query", "") if isinstance(request.body, dict) else ""
-        match = MODULES_QUERY.fullmatch(sql)
-        if match is None:
-            return hub_error(
-                400,
-                "ArgumentInvalid",
-                f"the stand-in answers SELECT * FROM devices.modules [WHERE moduleId = '...'] only, not {sql!r}",
-            )
-        twins = [t for (_, module), t in sorted(self._module_twins().items()) if match.group(1) in (None, module)]
+        device_twins, module_twins = self._twins()
+        modules, devices = MODULES_QUERY.fullmatch(sql), DEVICES_QUERY.fullmatch(sql)
+        if modules is not None:
+            twins = [t for (_, module), t in sorted(module_twins.items()) if modules.group(1) in (None, module)]
+        elif devices is not None:
+            projection, configuration, status = devices.groups()
+            twins = [
+                t if projection == "*" else {"deviceId": t["deviceId"]}
+                for _, t in sorted(device_twins.items())
+                if configuration is None or t["configurations"].get(configuration, {}).get("status") == status
+            ]
+        else:
+            return hub_error(400, "ArgumentInvalid", f"the stand-in does not answer the query {sql!r}")
         try:
             size = int(request.headers.get("x-ms-max-item-count") or DEFAULT_PAGE)
             start = int(base64.b64decode(request.headers.get("x-ms-continuation") or "MA==").decode())
@@ -332,31 +346,33 @@ class StandInHub:
 
     # -- devices ------------------------------------------------------------------------------------
 
-    def _module_twins(self) -> dict[tuple[str, str], dict[str, Any]]:
-        twins = {}
+    def _twins(self) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
+        """The device twins, and the module twins of our module and ``$edgeAgent``, as the devices see them."""
+        device_twins: dict[str, dict[str, Any]] = {}
+        twins: dict[tuple[str, str], dict[str, Any]] = {}
         changed = False
         for device, record in self.state["devices"].items():
-            device_twin = {"deviceId": device, "tags": record["tags"], "properties": {"reported": {}}}
+            device_twin: dict[str, Any] = {"deviceId": device, "tags": record["tags"], "properties": {"reported": {}}}
             desired, statuses = self._desired(device_twin)
+            device_twin["configurations"] = {name: {"status": "Targeted"} for name in statuses}
+            device_twins[device] = device_twin
+            twins[(device, "$edgeAgent")] = {"deviceId": device, "moduleId": "$edgeAgent", "configurations": statuses}
             reported: dict[str, Any] = record["reported"]
             for name, block in (desired.get("models") or {}).items():
                 outcome = self._apply(name, block, reported.get(name))
                 if outcome != reported.get(name):
                     reported[name] = outcome
                     changed = True
+            digest = hashlib.sha256(json.dumps([desired, reported], sort_keys=True).encode()).digest()
             twins[(device, MODULE)] = {
                 "deviceId": device,
                 "moduleId": MODULE,
-                "etag": base64.b64encode(
-                    hashlib.sha256(json.dumps([desired, reported], sort_keys=True).encode()).digest()[:6]
-                ).decode(),
-                "tags": record["tags"],
-                "configurations": statuses,
+                "etag": base64.b64encode(digest[:6]).decode(),
                 "properties": {"desired": desired, "reported": {"models": copy.deepcopy(reported)}},
             }
         if changed:
             self._save()
-        return twins
+        return device_twins, twins
 
     def _desired(self, device_twin: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
         """The module's desired properties from the configurations targeting the device, by priority."""

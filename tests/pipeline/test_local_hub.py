@@ -172,18 +172,32 @@ def test_target_conditions_priorities_and_the_tie_break(running: Running, tmp_pa
     client.put_configuration(configuration("canary-2", "tags.ring='canary'", 20, {"iris": two}))
     twins = running.twins()
     assert twins["canary-1"]["properties"]["desired"]["models"]["iris"]["version"] == "2"
-    assert twins["canary-1"]["configurations"] == {"fleet-1": {"status": "Targeted"}, "canary-2": {"status": "Applied"}}
     assert twins["plant-1"]["properties"]["desired"]["models"]["iris"]["version"] == "1"
-    assert twins["lab-1"]["properties"]["desired"] == {} and twins["lab-1"]["configurations"] == {}
+    assert twins["lab-1"]["properties"]["desired"] == {}
+    agents = agent_twins(running)
+    assert agents["canary-1"]["configurations"] == {
+        "fleet-1": {"status": "Targeted"},
+        "canary-2": {"status": "Applied"},
+    }
+    assert agents["plant-1"]["configurations"] == {"fleet-1": {"status": "Applied"}}
+    assert agents["lab-1"]["configurations"] == {}
+    # Device twins name every configuration that targets them, as the targetedCount metric reads them.
+    targeted = "SELECT deviceId FROM devices WHERE configurations.[[fleet-1]].status = 'Targeted'"
+    assert sorted(row["deviceId"] for row in client.query(targeted)) == ["canary-1", "plant-1"]
+    assert client.query(targeted.replace("fleet-1", "canary-2")) == [{"deviceId": "canary-1"}]
 
     # Equal priority: the most recently created wins, wherever it is in the list.
-    client.put_configuration(
-        configuration("fleet-3", "tags.environment='prod' AND NOT tags.ring='canary'", 10, {"iris": three})
-    )
+    condition = "tags.environment='prod' AND NOT tags.ring='canary'"
+    client.put_configuration(configuration("fleet-3", condition, 10, {"iris": three}))
     twins = running.twins()
     assert twins["plant-1"]["properties"]["desired"]["models"]["iris"]["version"] == "3"
-    assert twins["plant-1"]["configurations"]["fleet-1"] == {"status": "Targeted"}
+    assert agent_twins(running)["plant-1"]["configurations"]["fleet-1"] == {"status": "Targeted"}
     assert twins["canary-1"]["properties"]["desired"]["models"]["iris"]["version"] == "2"
+
+
+def agent_twins(running: Running) -> dict[str, dict[str, Any]]:
+    rows = running.client.query("SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent'")
+    return {row["deviceId"]: row for row in rows}
 
 
 def test_simulated_devices_verify_what_they_apply(running: Running, tmp_path: Path, keys: KeyPair) -> None:
