@@ -237,3 +237,30 @@ def test_cli_status_lists_the_rollout(
 def _connection(lab: Lab) -> str:
     c = lab.client.credentials
     return f"HostName={c.hostname};SharedAccessKeyName={c.key_name};SharedAccessKey={c.key}"
+
+
+def test_cli_plan_and_promote(lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = ["--registry", str(lab.registry.root)]
+    candidate = tmp_path / "model.onnx"
+    candidate.write_bytes(lab.v2.path.read_bytes())
+    out = tmp_path / "plan.json"
+    assert main(["rollout", "plan", "iris", "--candidate", str(candidate), *registry, "--out", str(out)]) == 0
+    assert capsys.readouterr().out == "deploy iris version 2: nothing in production\n"
+    assert json.loads(out.read_text())["deploy"] is True
+
+    assert main(["rollout", "promote", "iris", "2", *registry]) == 0
+    assert capsys.readouterr().out == "production: iris version 2\n"
+    assert main(["rollout", "plan", "iris", "--candidate", str(candidate), *registry, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("nothing to deploy: iris version 2 has the bytes of production")
+    written = json.loads(out.read_text())
+    assert written.pop("reason").startswith("nothing to deploy: iris version 2")
+    assert written == {
+        "model": "iris",
+        "deploy": False,
+        "candidate": {"version": "2", "sha256": lab.v2.sha256},
+        "production": {"version": "2", "sha256": lab.v2.sha256},
+    }
+    assert main(["rollout", "promote", "iris", "1", *registry]) == 0
+    assert capsys.readouterr().out == "production: iris version 1; previous: version 2\n"
+    assert main(["rollout", "promote", "iris", "7", *registry]) == 1
+    assert "has no version '7'" in capsys.readouterr().err
