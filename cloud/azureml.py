@@ -1,4 +1,4 @@
-"""Azure ML: the workspace from the environment, an MLClient, and the model registry backend.
+"""Azure ML: the workspace from the environment and an MLClient (the registry backend is cloud/azureml_registry.py).
 
 The workspace comes from ``AZUREML_SUBSCRIPTION_ID``, ``AZUREML_RESOURCE_GROUP`` and ``AZUREML_WORKSPACE``;
 authentication is ``DefaultAzureCredential`` unless a credential is passed in.
@@ -6,16 +6,12 @@ authentication is ``DefaultAzureCredential`` unless a credential is passed in.
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cloud.errors import AzureConfigError
-from cloud.registry import RegistryEntry, validate_name
 
 
 class AzureWorkspace(BaseSettings):
@@ -51,68 +47,3 @@ def ml_client(workspace: AzureWorkspace | None = None, credential: Any = None, *
         workspace_name=workspace.workspace,
         **client_options,
     )
-
-
-class AzureMLRegistry:
-    """Registers ONNX files as Azure ML model versions (``MLClient.models.create_or_update``).
-
-    Versions mirror the local registry's: the ONNX file embeds its version in its metadata, so the same
-    bytes (same sha256) are registered under the same number in both places.
-    """
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-
-    @classmethod
-    def from_environment(cls, credential: Any = None) -> AzureMLRegistry:
-        return cls(ml_client(credential=credential))
-
-    def register_entry(self, entry: RegistryEntry) -> Any:
-        return self.register(
-            entry.name,
-            entry.path.read_bytes(),
-            version=entry.version,
-            metrics=entry.metrics,
-            tags=entry.tags,
-            metadata=entry.metadata,
-            sha256=entry.sha256,
-        )
-
-    def register(
-        self,
-        name: str,
-        onnx_bytes: bytes,
-        *,
-        version: str,
-        metrics: dict[str, Any],
-        tags: dict[str, str],
-        metadata: dict[str, Any],
-        sha256: str | None = None,
-    ) -> Any:
-        import hashlib
-
-        from azure.ai.ml.constants import AssetTypes
-        from azure.ai.ml.entities import Model
-
-        validate_name(name)
-        digest = hashlib.sha256(onnx_bytes).hexdigest()
-        if sha256 is not None and sha256 != digest:
-            raise AzureConfigError(f"{name} {version}: file sha256 {digest} differs from the registry's {sha256}")
-        with tempfile.TemporaryDirectory(prefix="azureml-model-") as folder:
-            path = Path(folder) / "model.onnx"
-            path.write_bytes(onnx_bytes)
-            model = Model(
-                name=name,
-                version=version,
-                path=str(path),
-                type=AssetTypes.CUSTOM_MODEL,
-                description=f"ONNX model {name} {version} ({metadata.get('task', 'unknown task')})",
-                tags={**{str(k): str(v) for k, v in tags.items()}, "sha256": digest, "format": "onnx"},
-                properties={
-                    "sha256": digest,
-                    "size": str(len(onnx_bytes)),
-                    "metrics": json.dumps(metrics, sort_keys=True),
-                    "metadata": json.dumps(metadata, sort_keys=True),
-                },
-            )
-            return self.client.models.create_or_update(model)

@@ -89,7 +89,7 @@ def write_store_bundle(entry: RegistryEntry, folder: Path) -> Path:
     root = folder / STORE_FOLDER
     store = ModelStore(root)
     store.open()
-    sha256 = store.put_bytes(entry.path.read_bytes())
+    sha256 = store.put_bytes(entry.local_path().read_bytes())
     if sha256 != entry.sha256:
         raise EndpointError(f"{entry.name} {entry.version}: file sha256 {sha256} differs from the registry's")
     store.activate(entry.name, entry.version, sha256)

@@ -31,3 +31,15 @@ class ParityError(CloudError):
 
 class AzureConfigError(CloudError):
     """Azure ML was asked for but no workspace is configured."""
+
+
+class ModelIntegrityError(RegistryError):
+    """A registered version's file no longer matches the sha256 recorded at registration."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry's service could not be reached or failed; nothing was half-done, retry later."""
+
+
+class VersionTaken(RegistryError):
+    """The version asked for exists (or existed) already; versions are immutable, claim the next one."""

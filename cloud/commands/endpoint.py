@@ -4,6 +4,7 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 NAME = "endpoint"
@@ -19,6 +20,7 @@ def _key_value(value: str) -> tuple[str, str]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from cloud.azureml_endpoint import DEFAULT_INSTANCE_TYPE
+    from cloud.registry_location import LOCATION_HELP
 
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     deploy = actions.add_parser(
@@ -29,13 +31,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "AZURE_TENANT_ID, AZURE_CLIENT_SECRET). Autoscale is an Azure Monitor autoscale setting on the "
         "deployment, outside this command.",
     )
-    deploy.add_argument("model", help="model name in the local registry")
+    deploy.add_argument("model", help="model name in the registry")
     which = deploy.add_mutually_exclusive_group()
     which.add_argument("--version", help="registry version (default: the latest)")
     which.add_argument("--alias", help="registry alias, e.g. production")
-    deploy.add_argument(
-        "--registry", type=Path, default=None, help="registry folder (default: $CLOUD_REGISTRY_DIR or ./registry)"
-    )
+    deploy.add_argument("--registry", metavar="LOCATION", help=LOCATION_HELP)
     deploy.add_argument("--endpoint", required=True, help="endpoint name (unique in the Azure region)")
     deploy.add_argument("--deployment", default="blue", help="deployment name (default: %(default)s)")
     deploy.add_argument(
@@ -61,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
     from cloud.azureml import ml_client
     from cloud.azureml_endpoint import EndpointPlan, deploy
     from cloud.errors import CloudError
-    from cloud.registry import LocalRegistry
+    from cloud.registry_location import open_registry
 
     try:
-        entry = LocalRegistry(args.registry).get(args.model, version=args.version, alias=args.alias)
+        registry = open_registry(args.registry)
+        entry = registry.get(args.model, version=args.version, alias=args.alias)
         plan = EndpointPlan(
             endpoint=args.endpoint,
             deployment=args.deployment,
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             environment_variables=dict(args.env),
         )
         with tempfile.TemporaryDirectory(prefix="edge-endpoint-") as work_dir:
-            result = deploy(ml_client(), plan, entry, Path(work_dir))
+            model_file = registry.fetch(entry, Path(work_dir) / "registry")
+            result = deploy(ml_client(), plan, replace(entry, path=model_file), Path(work_dir))
     except CloudError as error:
         sys.stderr.write(f"error: {error.message}\n")
         return error.exit_code

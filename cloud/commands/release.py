@@ -4,10 +4,16 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
+from cloud.registry_location import LOCATION_HELP
+
 NAME = "release"
-HELP = "publish a registered model version and write its signed twin release block"
+HELP = (
+    "publish a registered model version and write its signed twin release block "
+    "(the file is re-checked against the sha256 recorded at registration first)"
+)
 KEY_ENV = "CLOUD_SIGNING_KEY"
 
 
@@ -16,9 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", help="registered version (default: the latest)")
     which.add_argument("--alias", help="registry alias, e.g. production")
-    parser.add_argument(
-        "--registry", type=Path, default=None, help="registry folder (default: $CLOUD_REGISTRY_DIR or ./registry)"
-    )
+    parser.add_argument("--registry", metavar="LOCATION", help=LOCATION_HELP)
     parser.add_argument(
         "--key",
         type=Path,
@@ -47,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cloud.errors import CloudError
-    from cloud.registry import LocalRegistry
+    from cloud.registry_location import open_registry
     from cloud.releases.keys import load_private_key, passphrase_from_env
     from cloud.releases.publish import publisher_for
     from cloud.releases.signing import make_release, models_block
@@ -57,9 +61,12 @@ def run(args: argparse.Namespace) -> int:
         if key_path is None:
             raise CloudError(f"no signing key: pass --key or set {KEY_ENV} (create one with 'keys new')")
         private_key = load_private_key(key_path, passphrase_from_env())
-        entry = LocalRegistry(args.registry).get(args.name, version=args.version, alias=args.alias)
+        registry = open_registry(args.registry)
+        entry = registry.get(args.name, version=args.version, alias=args.alias)
         publisher = publisher_for(args.to, base_uri=args.base_uri, sas_days=args.sas_days)
-        release = make_release(entry.name, entry.version, entry.path, entry.sha256, publisher, private_key)
+        with tempfile.TemporaryDirectory(prefix="release-") as work:
+            model_file = registry.fetch(entry, Path(work))  # refuses a file that no longer matches its sha256
+            release = make_release(entry.name, entry.version, model_file, entry.sha256, publisher, private_key)
     except CloudError as error:
         sys.stderr.write(f"error: {error.message}\n")
         return error.exit_code

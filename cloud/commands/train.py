@@ -7,8 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cloud.registry_location import LOCATION_HELP
+
 NAME = "train"
-HELP = "train candidates, compare, export the best to ONNX (parity-gated) and register it"
+HELP = (
+    "train candidates, compare, export the best to ONNX (parity-gated) and register it; "
+    "identical bytes to the latest version register nothing ('unchanged: NAME version N')"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +37,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--name", help="model name (default: from the data source)")
     out.add_argument("--out", type=Path, help="report folder (default: runs/<name>)")
-    out.add_argument("--registry", type=Path, help="local registry (default: $CLOUD_REGISTRY_DIR or ./registry)")
+    out.add_argument("--registry", metavar="LOCATION", help=LOCATION_HELP)
     out.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="registry tag (repeatable)")
     out.add_argument("--promote", action="store_true", help="point the 'production' alias at the new version")
     out.add_argument(
-        "--azure", action="store_true", help="also register the version in the configured Azure ML workspace"
+        "--azure", action="store_true", help="deprecated: the same as --registry azureml: (the AZUREML_* workspace)"
     )
 
 
@@ -48,20 +53,22 @@ def default_name(source: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from cloud import workflow
     from cloud.errors import CloudError
-    from cloud.registry import LocalRegistry
+    from cloud.registry_location import open_registry
     from cloud.tracking import log_metrics
 
     name = args.name or default_name(args.data)
     out_dir = args.out or Path("runs") / name
     try:
-        if args.azure:  # fail before training, not after
-            from cloud.azureml import workspace_from_environment
-
-            workspace_from_environment()
+        location = args.registry
+        if args.azure:
+            if location is not None and location != "azureml:":
+                raise CloudError("--azure is the same as --registry azureml:; give one of them")
+            sys.stderr.write("warning: --azure is deprecated; use --registry azureml: (or CLOUD_REGISTRY=azureml:)\n")
+            location = "azureml:"
         tags = dict(_pair(tag) for tag in args.tag)
+        registry = open_registry(location)  # a malformed location or missing workspace fails before training
         dataset = workflow.load_data(args.data, target=args.target, task=args.task, drop=tuple(args.drop))
         _print_data(dataset.report.to_dict())
-        registry = LocalRegistry(args.registry)
         outcome = workflow.train_and_register(
             dataset,
             name,
@@ -84,12 +91,11 @@ def run(args: argparse.Namespace) -> int:
         if args.promote:
             entry = registry.promote(entry.name, entry.version)
         sys.stdout.write(f"{outcome.model.parity.message}\n")
-        sys.stdout.write(f"registered {entry.name} version {entry.version} sha256 {entry.sha256} at {entry.path}\n")
-        if args.azure:
-            from cloud.azureml import AzureMLRegistry
-
-            azure = AzureMLRegistry.from_environment().register_entry(entry)
-            sys.stdout.write(f"registered in Azure ML: {azure.name} version {azure.version}\n")
+        if outcome.created:
+            where = f"sha256 {entry.sha256} at {entry.uri}"
+            sys.stdout.write(f"registered {entry.name} version {entry.version} {where}\n")
+        else:
+            sys.stdout.write(f"unchanged: {entry.name} version {entry.version}\n")
         sys.stdout.write(f"report: {outcome.report['report.md']}\n")
         best_row = outcome.run.comparison()[0]  # holdout metrics and the search score (e.g. cv_f1_macro)
         log_metrics(best_row, {"algorithm": outcome.run.best.name, **outcome.run.best.params})

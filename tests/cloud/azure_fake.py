@@ -12,19 +12,22 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytest
 import requests
 import urllib3
 from azure.core.credentials import AccessToken, AccessTokenInfo
 from requests.adapters import HTTPAdapter
+
+if TYPE_CHECKING:
+    import pytest
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 RESOURCE_GROUP = "rg-edge"
 WORKSPACE = "ws-edge"
 ACCOUNT = "edgestore"
 CONTAINER = "azureml-blobstore-1234"
+AZUREML_URI = f"azureml://subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/workspaces/{WORKSPACE}"
 WORKSPACE_PATH = (
     f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
     f"/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}"
@@ -68,6 +71,8 @@ class FakeAzure:
     requests: list[Recorded] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
     blob_metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Checked before the routes (e.g. injected failures); a hook answers with a Reply, or None to pass on.
+    before: list[Callable[[Recorded], Reply | None]] = field(default_factory=list)
 
     def route(self, method: str, pattern: str, reply: Callable[[Recorded], Reply]) -> None:
         self.routes.append((method, re.compile(pattern), reply))
@@ -85,10 +90,21 @@ class FakeAzure:
         url = str(request.url)
         recorded = Recorded(str(request.method), url, url.split("?")[0], dict(request.headers), data)
         self.requests.append(recorded)
+        for hook in self.before:
+            answer = hook(recorded)
+            if answer is not None:
+                return answer
+        return self.dispatch(recorded)
+
+    def dispatch(self, recorded: Recorded) -> Reply:
         for method, pattern, reply in self.routes:
             if method == recorded.method and pattern.search(recorded.path):
                 return reply(recorded)
-        return 404, {"error": {"code": "NotFound", "message": f"no canned reply for {recorded.method} {url}"}}, {}
+        return (
+            404,
+            {"error": {"code": "NotFound", "message": f"no canned reply for {recorded.method} {recorded.url}"}},
+            {},
+        )
 
     def summary(self) -> list[tuple[str, str]]:
         return [(r.method, _short(r)) for r in self.requests]
@@ -172,15 +188,15 @@ class OutsideConnection(AssertionError):
     pass
 
 
-@contextmanager
-def fake_azure(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzure]:
-    fake = FakeAzure()
-    attempts: list[Any] = []
+def install(fake: FakeAzure, attempts: list[Any]) -> Callable[[], None]:
+    """Answer every Azure SDK request from ``fake`` and refuse connections beyond 127.0.0.1 (recorded in
+    ``attempts``). Returns the function that restores the real transport and sockets."""
+    real_send = HTTPAdapter.send
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
 
     def send(self: HTTPAdapter, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         return _response(request, fake.handle(request))
-
-    real_connect = socket.socket.connect
 
     def guarded_connect(sock: socket.socket, address: Any) -> Any:
         host = address[0] if isinstance(address, tuple) else address
@@ -195,14 +211,30 @@ def fake_azure(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzure]:
             raise OutsideConnection(f"outside name lookup attempted: {host}")
         return real_getaddrinfo(host, *args, **kwargs)
 
-    real_getaddrinfo = socket.getaddrinfo
-    monkeypatch.setattr(HTTPAdapter, "send", send)
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    HTTPAdapter.send = send  # type: ignore[method-assign]
+    socket.socket.connect = guarded_connect  # type: ignore[method-assign,assignment]
+    socket.getaddrinfo = guarded_getaddrinfo
+
+    def restore() -> None:
+        HTTPAdapter.send = real_send  # type: ignore[method-assign]
+        socket.socket.connect = real_connect  # type: ignore[method-assign]
+        socket.getaddrinfo = real_getaddrinfo
+
+    return restore
+
+
+@contextmanager
+def fake_azure(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzure]:
+    fake = FakeAzure()
+    attempts: list[Any] = []
+    restore = install(fake, attempts)
     # DefaultAzureCredential must not be reached for: the credential is injected.
     for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT", "IDENTITY_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
-    yield fake
+    try:
+        yield fake
+    finally:
+        restore()
     assert attempts == [], f"outside connections were attempted: {attempts}"
 
 

@@ -3,6 +3,7 @@ and any connection outside 127.0.0.1 fails the test."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 
 from cloud.__main__ import main
-from cloud.azureml import AzureMLRegistry, AzureWorkspace, ml_client
+from cloud.azureml import AzureWorkspace
+from cloud.azureml_registry import AzureMLRegistry
 from cloud.registry import LocalRegistry
 from tests.cloud.azure_fake import (
     ACCOUNT,
@@ -29,6 +31,7 @@ from tests.cloud.azure_fake import (
     add_workspace_routes,
     fake_azure,
 )
+from tests.cloud.azureml_service import AzureMLService
 from tests.support.models import mixed_types_pipeline
 
 ARM = "https://management.azure.com"
@@ -56,36 +59,45 @@ def workspace_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AZURE_CLIENT_SECRET", "not-a-secret")
 
 
-def model_sequence(name: str, version: str, blob: str) -> list[tuple[str, str]]:
-    return [
-        ("GET", f"/models/{name}/versions"),  # latest version (the SDK checks the model kind)
+@pytest.fixture
+def service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[FakeAzure, AzureMLService]]:
+    """The stateful Azure ML stand-in (models, blob datastore) and Entra ID, instead of canned replies."""
+    with fake_azure(monkeypatch) as fake:
+        stand_in = AzureMLService(tmp_path / "azureml")
+        stand_in.install(fake)
+        add_login_routes(fake)
+        yield fake, stand_in
+
+
+def test_register_model_version_request_sequence_and_bodies(
+    service: tuple[FakeAzure, AzureMLService], tmp_path: Path
+) -> None:
+    azure, stand_in = service
+    onnx_bytes = mixed_types_pipeline().onnx
+    digest = hashlib.sha256(onnx_bytes).hexdigest()
+    credential = StaticCredential()
+    workspace = AzureWorkspace(subscription_id=SUBSCRIPTION, resource_group=RESOURCE_GROUP, workspace=WORKSPACE)
+    registry = AzureMLRegistry.for_workspace(workspace, credential)
+
+    registration = registry.register(
+        "mixed", onnx_bytes, metrics={"accuracy": 0.9}, tags={"team": "edge"}, metadata={"task": "classification"}
+    )
+
+    assert (registration.created, registration.entry.version, registration.entry.sha256) == (True, "1", digest)
+    blob = f"{CONTAINER}/LocalUpload/{re.findall(r'LocalUpload/([0-9a-f]+)/', azure.requests[4].path)[0]}/model.onnx"
+    assert azure.summary() == [
+        ("GET", "/models/mixed/versions"),  # ours: every version, to find the latest and the next number
+        ("GET", "/models/mixed/versions"),  # the SDK's: the latest version's kind
         ("GET", "/datastores/workspaceblobstore"),
         ("POST", "/datastores/workspaceblobstore/listSecrets"),
         ("HEAD", f"blob:{blob}"),
         ("PUT", f"blob:{blob}"),
         ("PUT", f"blob:{blob}?comp=metadata"),
-        ("PUT", f"/models/{name}/versions/{version}"),
+        ("PUT", "/models/mixed/versions/1"),
+        ("GET", "/models/mixed/versions"),  # read back what was created
     ]
-
-
-def test_register_model_version_request_sequence_and_bodies(azure: FakeAzure, tmp_path: Path) -> None:
-    onnx_bytes = mixed_types_pipeline().onnx
-    entry = LocalRegistry(tmp_path).register(
-        "mixed", onnx_bytes, metrics={"accuracy": 0.9}, tags={"team": "edge"}, metadata={"task": "classification"}
-    )
-    credential = StaticCredential()
-    client = ml_client(
-        AzureWorkspace(subscription_id=SUBSCRIPTION, resource_group=RESOURCE_GROUP, workspace=WORKSPACE), credential
-    )
-
-    model = AzureMLRegistry(client).register_entry(entry)
-
-    assert (model.name, model.version) == ("mixed", "1")
-    blob_path = (
-        f"{CONTAINER}/LocalUpload/{re.findall(r'LocalUpload/([0-9a-f]+)/', azure.requests[3].path)[0]}/model.onnx"
-    )
-    assert azure.summary() == model_sequence("mixed", "1", blob_path)
-    latest, _, secrets, _, upload, metadata, put = azure.requests
+    ours, latest, _, secrets, _, upload, metadata, put, _ = azure.requests
+    assert "listViewType=All" in ours.url
     assert "$orderBy=createdtime" in latest.url and "$top=1" in latest.url
     assert secrets.json() == {"expirableSecret": True, "expireAfterHours": 1}
     assert upload.body == onnx_bytes
@@ -95,46 +107,99 @@ def test_register_model_version_request_sequence_and_bodies(azure: FakeAzure, tm
     assert credential.scopes and all(scope == "https://management.azure.com/.default" for scope in credential.scopes)
     properties = put.json()["properties"]
     assert properties["modelType"] == "custom_model"
-    assert properties["modelUri"].endswith(f"/datastores/workspaceblobstore/paths/{blob_path.split('/', 1)[1]}")
-    assert properties["tags"] == {"team": "edge", "sha256": entry.sha256, "format": "onnx"}
-    assert properties["properties"]["sha256"] == entry.sha256
-    assert properties["properties"]["size"] == str(len(onnx_bytes))
-    assert json.loads(properties["properties"]["metrics"]) == {"accuracy": 0.9}
-    assert json.loads(properties["properties"]["metadata"]) == {"task": "classification"}
+    assert properties["modelUri"].endswith(f"/datastores/workspaceblobstore/paths/{blob.split('/', 1)[1]}")
+    assert properties["tags"] == {"team": "edge", "sha256": digest, "format": "onnx"}
+    assert properties["properties"]["edge.sha256"] == digest
+    assert properties["properties"]["edge.size"] == str(len(onnx_bytes))
+    assert json.loads(properties["properties"]["edge.metrics"]) == {"accuracy": 0.9}
+    assert json.loads(properties["properties"]["edge.metadata"]) == {"task": "classification"}
+    assert [v["name"] for v in stand_in.versions("mixed")] == ["1"]
 
 
-def test_train_registers_locally_and_in_azure_with_default_credential(
-    azure: FakeAzure, workspace_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_train_registers_in_azure_ml_with_default_credential_and_azure_is_a_deprecated_alias(
+    service: tuple[FakeAzure, AzureMLService],
+    workspace_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    azure, stand_in = service
+    monkeypatch.chdir(tmp_path)
     args = ["train", "--data", "sklearn:iris", "--algorithm", "logistic_regression", "--trials", "1", "--cv", "2"]
-    args += ["--registry", str(tmp_path / "registry"), "--out", str(tmp_path / "run"), "--no-progress", "--azure"]
-    assert main(args) == 0
-    assert "registered in Azure ML: iris version 1" in capsys.readouterr().out
+    args += ["--out", str(tmp_path / "run"), "--no-progress"]
+    assert main([*args, "--azure"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: --azure is deprecated; use --registry azureml:" in captured.err
+    assert "registered iris version 1 sha256 " in captured.out
+    assert not (tmp_path / "registry").exists()  # Azure ML is the registry of record, not a second copy
 
-    entry = LocalRegistry(tmp_path / "registry").get("iris")
     # DefaultAzureCredential -> EnvironmentCredential: the service principal's token from Entra ID first.
     assert azure.summary()[:2] == [
         ("GET", f"https://login.microsoftonline.com/{TENANT}/v2.0/.well-known/openid-configuration"),
         ("POST", f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token"),
     ]
     assert "client_secret=not-a-secret" in azure.requests[1].body.decode()
-    blob_path = azure.summary()[5][1].removeprefix("blob:")
-    assert azure.summary()[2:] == model_sequence("iris", "1", blob_path)
-    assert azure.requests[6].body == entry.path.read_bytes()
-    put = azure.requests[-1]
+    put = [r for r in azure.requests if r.method == "PUT" and "/models/iris/versions/" in r.path][-1]
     assert put.headers["Authorization"] == "Bearer env-credential-token"
-    assert put.json()["properties"]["properties"]["sha256"] == entry.sha256
+    onnx_bytes = (tmp_path / "run" / "model.onnx").read_bytes()
+    assert put.json()["properties"]["properties"]["edge.sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
+    [version] = stand_in.versions("iris")
+    record = version["properties"]["properties"]
+    metadata = json.loads(
+        record.get("edge.metadata")
+        or "".join(record[f"edge.metadata.{i}"] for i in range(int(record["edge.metadata.parts"])))
+    )
+    assert metadata["parity"]["passed"] is True
+    assert metadata["lineage"]["dataset"] == "sklearn:iris"
+
+    # The same data, code and settings again: byte-identical ONNX, nothing registered.
+    assert main([*args, "--registry", "azureml:"]) == 0
+    assert "unchanged: iris version 1" in capsys.readouterr().out
+    assert [v["name"] for v in stand_in.versions("iris")] == ["1"]
+    assert main([*args, "--azure", "--registry", str(tmp_path / "elsewhere")]) == 1
+    assert "give one of them" in capsys.readouterr().err
+
+    # evaluate reads the version back from Azure ML (downloaded through azure-ai-ml, sha256 checked).
+    assert main(["evaluate", "iris", "--registry", "azureml:", "--data", "sklearn:iris"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert (scored["model"], scored["version"], scored["rows"]) == ("iris", "1", 150)
+    assert scored["accuracy"] > 0.8
 
 
+def test_train_when_azure_ml_fails_mid_registration_then_a_retry(
+    service: tuple[FakeAzure, AzureMLService],
+    workspace_env: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, stand_in = service
+    stand_in.fail("PUT", r"/models/iris/versions/\d+$", status=503, times=100)
+    args = ["train", "--data", "sklearn:iris", "--algorithm", "logistic_regression", "--trials", "1", "--cv", "2"]
+    args += ["--out", str(tmp_path / "run"), "--no-progress", "--registry", "azureml:"]
+
+    assert main(args) == 1
+    error = capsys.readouterr().err
+    assert "error: register iris version 1: Azure ML failed or is unreachable" in error
+    assert "nothing was changed, retry" in error
+    assert stand_in.versions("iris") == []
+
+    stand_in.clear_faults()
+    assert main(args) == 0
+    assert "registered iris version 1 " in capsys.readouterr().out
+    assert [v["name"] for v in stand_in.versions("iris")] == ["1"]
+
+
+@pytest.mark.parametrize("option", [["--azure"], ["--registry", "azureml:"]])
 def test_azure_without_a_workspace_fails_before_training(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], option: list[str]
 ) -> None:
     for name in ("AZUREML_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE"):
         monkeypatch.delenv(name, raising=False)
-    code = main(["train", "--data", "sklearn:iris", "--registry", str(tmp_path / "r"), "--azure", "--no-progress"])
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--data", "sklearn:iris", *option, "--no-progress"])
     assert code == 1
     assert "no Azure ML workspace configured: set AZUREML_SUBSCRIPTION_ID" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_training_data_from_a_blob_url(

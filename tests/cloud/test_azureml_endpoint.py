@@ -129,7 +129,7 @@ def puts(fake: FakeAzure, fragment: str) -> list[Recorded]:
 def entry(tmp_path: Path) -> RegistryEntry:
     registry = LocalRegistry(tmp_path / "registry")
     registry.register("iris", b"not this one", metrics={}, tags={}, metadata={})
-    return registry.register("iris", iris_classifier().onnx, metrics={"accuracy": 0.96}, tags={}, metadata={})
+    return registry.register("iris", iris_classifier().onnx, metrics={"accuracy": 0.96}, tags={}, metadata={}).entry
 
 
 def client() -> Any:
@@ -187,7 +187,7 @@ def test_deploy_puts_the_endpoint_and_a_custom_container_deployment_of_our_image
     model = model_put.json()["properties"]
     assert model["tags"]["sha256"] == entry.sha256
     uploaded = {path.rsplit("/store/", 1)[1]: data for path, data in fake.blobs.items() if "/store/" in path}
-    assert uploaded[f"blobs/{entry.sha256}"] == entry.path.read_bytes()
+    assert uploaded[f"blobs/{entry.sha256}"] == entry.local_path().read_bytes()
     assert json.loads(uploaded["models/iris.json"])["active"]["version"] == "2"
     assert model["modelUri"].rstrip("/").endswith("/store")
 

@@ -86,7 +86,7 @@ def test_sklearn_datasets_end_to_end(
 
     entry = LocalRegistry(tmp_path / "registry").get(name, alias="production")
     assert entry.version == "1"
-    assert entry.path.read_bytes() == (out / "model.onnx").read_bytes()
+    assert entry.local_path().read_bytes() == (out / "model.onnx").read_bytes()
     assert entry.tags["task"] == task
     assert entry.metadata["parity"]["passed"] is True
     comparison = json.loads((out / "comparison.json").read_text())
@@ -94,7 +94,7 @@ def test_sklearn_datasets_end_to_end(
     assert len(comparison) == 2
     assert_report(out, plots)
 
-    metadata = metadata_of(entry.path)
+    metadata = metadata_of(entry.local_path())
     assert (metadata.name, metadata.version, metadata.task) == (name, "1", task)
     assert "target" not in metadata.feature_names  # the label never leaks in as a feature
     assert metadata.allow_missing is True
@@ -104,7 +104,7 @@ def test_sklearn_datasets_end_to_end(
         metadata,
         rows=json.loads((out / "data.json").read_text())["rows"] - int(comparison[0]["test_rows"]),
     )
-    session = ort.InferenceSession(str(entry.path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(entry.local_path()), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == list(metadata.feature_names)
     assert all(i.shape == [None, 1] and i.type == "tensor(float)" for i in session.get_inputs())
     outputs = [o.name for o in session.get_outputs()]
@@ -134,7 +134,7 @@ def test_csv_with_strings_and_missing_values(
     assert_report(out, {"confusion_matrix.png", "roc.png"})
 
     entry = LocalRegistry(tmp_path / "registry").get("sensors")
-    metadata = metadata_of(entry.path)
+    metadata = metadata_of(entry.local_path())
     assert [(f.name, f.type) for f in metadata.features] == [
         ("temperature", "numeric"),
         ("vibration", "numeric"),
@@ -144,7 +144,7 @@ def test_csv_with_strings_and_missing_values(
     site = metadata.profile["features"]["site"]
     assert set(site["categories"]) == {"north", "south", "east"}
     assert site["missing"] > 0
-    session = ort.InferenceSession(str(entry.path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(entry.local_path()), providers=["CPUExecutionProvider"])
     assert [(i.name, i.type) for i in session.get_inputs()] == [
         ("temperature", "tensor(float)"),
         ("vibration", "tensor(float)"),
@@ -167,7 +167,7 @@ def test_csv_with_strings_and_missing_values(
     assert train(tmp_path, *args, "--algorithm", "logistic_regression") == 0
     second = LocalRegistry(tmp_path / "registry").get("sensors")
     assert second.version == "2"
-    assert metadata_of(second.path).version == "2"
+    assert metadata_of(second.local_path()).version == "2"
     assert LocalRegistry(tmp_path / "registry").get("sensors", "1").sha256 == entry.sha256
 
 
@@ -242,3 +242,35 @@ def test_evaluate_a_regressor(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["evaluate", "diabetes", "--version", "1", "--data", "sklearn:diabetes", *registry]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["rows"] == 442 and 30 < result["rmse"] < 80 and 0 < result["r2"] < 1
+
+
+def test_retraining_on_the_same_data_registers_nothing_and_new_data_gets_the_next_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.cloud.conftest import write_sensor_csv
+
+    data_a = write_sensor_csv(tmp_path / "a.csv", seed=0)
+    data_b = write_sensor_csv(tmp_path / "b.csv", seed=1)
+    common = ["--target", "status", "--name", "sensors", "--algorithm", "logistic_regression", "--algorithm", "mlp"]
+
+    def run(data: Path, out: str) -> str:
+        capsys.readouterr()
+        assert train(tmp_path, "--data", str(data), *common, "--out", str(tmp_path / out), "--promote") == 0
+        return capsys.readouterr().out
+
+    registry = LocalRegistry(tmp_path / "registry")
+    assert "registered sensors version 1 " in run(data_a, "run-1")
+    # Same data, code and settings: byte-identical ONNX (seeded search, no clocks or run ids in the file).
+    assert "unchanged: sensors version 1\n" in run(data_a, "run-2")
+    assert (tmp_path / "run-2" / "model.onnx").read_bytes() == registry.get("sensors", "1").local_path().read_bytes()
+    assert [e.version for e in registry.list("sensors")] == ["1"]
+    assert registry.get("sensors", alias="production").version == "1"
+
+    assert "registered sensors version 2 " in run(data_b, "run-3")
+    assert metadata_of(registry.get("sensors").local_path()).version == "2"
+    # Data A again after B differs from the latest version: a new version, never a reused number.
+    assert "registered sensors version 3 " in run(data_a, "run-4")
+    assert [e.version for e in registry.list("sensors")] == ["1", "2", "3"]
+    assert registry.get("sensors", alias="production").version == "3"
+    lineage = registry.get("sensors", "3").metadata["lineage"]
+    assert lineage["dataset"] == str(data_a) and lineage["training"]["seed"] == 0

@@ -42,7 +42,7 @@ def registry(tmp_path: Path) -> LocalRegistry:
 
 @pytest.fixture
 def registered(registry: LocalRegistry) -> RegistryEntry:
-    return registry.register("iris", iris_classifier().onnx, metrics={"accuracy": 0.9}, tags={}, metadata={})
+    return registry.register("iris", iris_classifier().onnx, metrics={"accuracy": 0.9}, tags={}, metadata={}).entry
 
 
 @pytest.fixture

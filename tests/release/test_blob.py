@@ -80,8 +80,8 @@ def test_blob_versions_are_immutable(
 ) -> None:
     publisher = BlobPublisher(azurite.connection_string, "immutable")
     key = load_private_key(keys.private_path)
-    first = make_release("iris", "1", registered.path, registered.sha256, publisher, key)
-    again = make_release("iris", "1", registered.path, registered.sha256, publisher, key)
+    first = make_release("iris", "1", registered.local_path(), registered.sha256, publisher, key)
+    again = make_release("iris", "1", registered.local_path(), registered.sha256, publisher, key)
     assert (again.sha256, again.uri.split("?")[0]) == (first.sha256, first.uri.split("?")[0])
     other = tmp_path / "other.onnx"
     other.write_bytes(b"another model")
@@ -94,8 +94,8 @@ def test_blob_errors_are_clear(azurite: Azurite, registered: RegistryEntry) -> N
         BlobPublisher(azurite.connection_string, "models", sas_days=0)
     no_key = f"BlobEndpoint={azurite.endpoint};SharedAccessSignature=sv=2020-08-04&sig=x"
     with pytest.raises(PublishError, match="no AccountKey"):
-        BlobPublisher(no_key, "models").publish("iris", "1", registered.path, registered.sha256)
+        BlobPublisher(no_key, "models").publish("iris", "1", registered.local_path(), registered.sha256)
     nobody = azurite.connection_string.replace(f":{azurite.port}/", f":{free_port()}/")
     with pytest.raises(PublishError, match=r"upload to .* failed"):
         publisher = BlobPublisher(nobody, "models", retries=0)
-        publisher.publish("iris", "1", registered.path, registered.sha256)
+        publisher.publish("iris", "1", registered.local_path(), registered.sha256)

@@ -116,7 +116,7 @@ def test_a_release_signed_by_another_key_is_refused_by_the_edge_check(
     other = generate_key_pair(tmp_path / "other", "other")
     publisher = FolderPublisher(tmp_path / "published")
     release = make_release(
-        "iris", "1", registered.path, registered.sha256, publisher, load_private_key(other.private_path)
+        "iris", "1", registered.local_path(), registered.sha256, publisher, load_private_key(other.private_path)
     )
     with pytest.raises(SignatureError, match="does not match any trusted key"):
         verify_signature(release, load_public_keys(keys.public_path.read_text()))
@@ -125,10 +125,10 @@ def test_a_release_signed_by_another_key_is_refused_by_the_edge_check(
 def test_release_refuses_a_registry_file_that_no_longer_matches_its_sha256(
     registered: RegistryEntry, keys: KeyPair, tmp_path: Path
 ) -> None:
-    registered.path.write_bytes(registered.path.read_bytes() + b"tampered")
+    registered.local_path().write_bytes(registered.local_path().read_bytes() + b"tampered")
     with pytest.raises(PublishError, match="refusing to release"):
         make_release(
-            "iris", "1", registered.path, registered.sha256, FolderPublisher(tmp_path / "p"),
+            "iris", "1", registered.local_path(), registered.sha256, FolderPublisher(tmp_path / "p"),
             load_private_key(keys.private_path),
         )  # fmt: skip
     assert not (tmp_path / "p").exists()
@@ -136,15 +136,15 @@ def test_release_refuses_a_registry_file_that_no_longer_matches_its_sha256(
 
 def test_published_versions_are_immutable(registered: RegistryEntry, tmp_path: Path) -> None:
     publisher = FolderPublisher(tmp_path / "p", base_uri="https://models.example.com/lab/")
-    first = publisher.publish("iris", "1", registered.path, registered.sha256)
+    first = publisher.publish("iris", "1", registered.local_path(), registered.sha256)
     assert first.uri == "https://models.example.com/lab/iris/1/model.onnx"
-    again = publisher.publish("iris", "1", registered.path, registered.sha256)  # same content: fine
+    again = publisher.publish("iris", "1", registered.local_path(), registered.sha256)  # same content: fine
     assert again == first
     other = tmp_path / "other.onnx"
     other.write_bytes(b"different model")
     with pytest.raises(PublishError, match="immutable"):
         publisher.publish("iris", "1", other, hashlib.sha256(b"different model").hexdigest())
-    assert (tmp_path / "p" / "iris" / "1" / "model.onnx").read_bytes() == registered.path.read_bytes()
+    assert (tmp_path / "p" / "iris" / "1" / "model.onnx").read_bytes() == registered.local_path().read_bytes()
 
 
 def test_destinations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
