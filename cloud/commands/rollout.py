@@ -4,18 +4,20 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 NAME = "rollout"
 HELP = "roll releases out ring by ring (canary, then fleet), supersede older rollouts, and roll back"
 HUB_ENV = "IOTHUB_CONNECTION_STRING"
-REGISTRY_ENV = "CLOUD_REGISTRY"
 KEY_ENV = "CLOUD_SIGNING_KEY"
 
 
 def _registry_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", help=f"registry location (default: ${REGISTRY_ENV}, else ./registry)")
+    from cloud.registry_location import LOCATION_HELP
+
+    parser.add_argument("--registry", metavar="LOCATION", help=LOCATION_HELP)
 
 
 def _hub_options(parser: argparse.ArgumentParser, waits: bool = True) -> None:
@@ -87,10 +89,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _open_registry(location: str | None) -> Any:
-    from cloud.registry import LocalRegistry
+    from cloud.registry_location import open_registry
 
-    value = location or os.environ.get(REGISTRY_ENV)
-    return LocalRegistry(Path(value) if value else None)
+    return open_registry(location)
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -200,7 +201,9 @@ def _rollback(args: argparse.Namespace) -> int:
             raise CloudError(f"no signing key: pass --key or set {KEY_ENV}")
         private_key = load_private_key(key_path, passphrase_from_env())
         publisher = publisher_for(args.to, base_uri=args.base_uri, sas_days=args.sas_days)
-        release = make_release(entry.name, entry.version, entry.path, entry.sha256, publisher, private_key)
+        with tempfile.TemporaryDirectory(prefix="rollback-") as work:
+            model_file = registry.fetch(entry, Path(work))  # refuses a file that no longer matches its sha256
+            release = make_release(entry.name, entry.version, model_file, entry.sha256, publisher, private_key)
         _write_json(args.out, models_block([release]))
         return release
 

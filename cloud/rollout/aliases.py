@@ -9,24 +9,14 @@ first one left.
 
 from __future__ import annotations
 
-import builtins
 from dataclasses import dataclass
-from typing import Protocol
 
 from cloud.errors import ModelNotFound
-from cloud.registry import RegistryEntry
+from cloud.registry import Registry, RegistryEntry
 from cloud.rollout.errors import NoPreviousRelease
 
 PRODUCTION = "production"
 PREVIOUS = "previous"
-
-
-class Registry(Protocol):
-    def get(self, name: str, version: str | None = None, alias: str | None = None) -> RegistryEntry: ...
-
-    def promote(self, name: str, version: str, alias: str = "production") -> RegistryEntry: ...
-
-    def list(self, name: str | None = None) -> builtins.list[RegistryEntry]: ...
 
 
 def aliased(registry: Registry, name: str, alias: str) -> RegistryEntry | None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud.errors import ModelNotFound
-from cloud.registry import RegistryEntry
-from cloud.rollout.aliases import PRODUCTION, Registry, aliased
+from cloud.registry import Registry, RegistryEntry
+from cloud.rollout.aliases import PRODUCTION, aliased
 from edge_module.store import sha256_of_file
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cloud.registry import RegistryEntry
+from cloud.registry import Registry, RegistryEntry
 from cloud.rollout import naming
-from cloud.rollout.aliases import PREVIOUS, PRODUCTION, Registry, RollbackTarget, rollback_target
+from cloud.rollout.aliases import PREVIOUS, PRODUCTION, RollbackTarget, rollback_target
 from cloud.rollout.deployer import RingResult, Rollout
 from cloud.rollout.errors import RolloutError
 from edge_module.release import Release

@@ -4,13 +4,13 @@ the same sequence, secrets come from the CI's secret stores, and the local run g
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import yaml
 from sklearn.datasets import load_wine
 
 from cloud.__main__ import build_parser
-from cloud.registry import LocalRegistry
+from tests.support.azureml_fake import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
 AZURE = REPO / "azure-pipelines.yml"
@@ -186,18 +186,55 @@ def test_secrets_come_from_the_ci_secret_store(path: Path) -> None:
         assert set(sources) <= allowed, sources
 
 
-def run_pipeline(state: Path, *options: str, data: str = "sklearn:wine") -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "TRAINING_DATA": data, "RING_TIMEOUT": "240"}
-    environment.pop("CLOUD_REGISTRY", None)
-    return subprocess.run(
-        [str(LOCAL), "--state", str(state), *options],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-        cwd=REPO,
-        env=environment,
-    )
+AZUREML_LOCATION = (
+    "azureml://subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-edge/workspaces/ws-edge"
+)
+
+
+class Backend:
+    """Where the pipeline's registry lives: the state folder, or Azure ML through its cross-process stand-in."""
+
+    def __init__(self, kind: str, state: Path) -> None:
+        self.kind, self.state = kind, state
+        if kind == "azureml":
+            self.environment = subprocess_env(state / "azureml")
+            self.environment["CLOUD_REGISTRY"] = AZUREML_LOCATION
+        else:
+            self.environment = dict(os.environ)
+            self.environment.pop("CLOUD_REGISTRY", None)
+
+    def run_pipeline(self, *options: str, data: str = "sklearn:wine") -> subprocess.CompletedProcess[str]:
+        environment = {**self.environment, "TRAINING_DATA": data, "RING_TIMEOUT": "240"}
+        return subprocess.run(
+            [str(LOCAL), "--state", str(self.state), *options],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            cwd=REPO,
+            env=environment,
+        )
+
+    def registry(self, *args: str) -> Any:
+        """``python -m cloud registry ...`` against this backend, as JSON."""
+        location = AZUREML_LOCATION if self.kind == "azureml" else str(self.state / "registry")
+        result = subprocess.run(
+            [sys.executable, "-m", "cloud", "registry", "--registry", location, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=REPO,
+            env=self.environment,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout)
+
+    def versions(self) -> list[str]:
+        return [entry["version"] for entry in self.registry("list", "wine", "--json")]
+
+    def aliased(self, alias: str) -> str:
+        return str(self.registry("show", "wine", "--alias", alias, "--no-profile")["version"])
 
 
 def hub_configurations(state: Path) -> dict[str, Any]:
@@ -209,26 +246,24 @@ def fleet_summary(state: Path) -> Any:
     return json.loads((state / "fleet-status.json").read_text())["summary"]["wine"]
 
 
-def versions(state: Path) -> dict[str, str]:
-    registry = LocalRegistry(state / "registry")
-    return {entry.version: entry.sha256 for entry in registry.list("wine")}
-
-
 def succeeded(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_the_local_pipeline_runs_again_and_again_on_one_state_dir(tmp_path: Path) -> None:
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize("kind", ["local", "azureml"])
+def test_the_local_pipeline_runs_again_and_again_on_one_state_dir(tmp_path: Path, kind: str) -> None:
     state = tmp_path / "state"
+    backend = Backend(kind, state)
     data_b = tmp_path / "wine-half.csv"
     load_wine(as_frame=True).frame.iloc[::2].to_csv(data_b, index=False)  # other data, deterministically
 
     # 1. data A: version 1 to the canary ring, then the fleet.
-    out = succeeded(run_pipeline(state))
-    assert list(versions(state)) == ["1"]
+    out = succeeded(backend.run_pipeline())
+    assert backend.versions() == ["1"]
+    v1_sha256 = backend.registry("show", "wine", "--version", "1", "--no-profile")["sha256"]
     assert out.index("canary ring: wine version 1 active on 1 device(s)") < out.index(
         "fleet ring: wine version 1 active on 3 device(s)"
     )
@@ -238,38 +273,36 @@ def test_the_local_pipeline_runs_again_and_again_on_one_state_dir(tmp_path: Path
     fleet = json.loads((state / "fleet-deployment.json").read_text())
     assert (canary["targetCondition"], fleet["targetCondition"]) == ("tags.ring='canary'", "tags.environment='prod'")
     assert canary["priority"] > fleet["priority"]
+    assert (state / "registry").exists() == (kind == "local")
 
     # Bad input: a rollback with no previous release is refused, and nothing changes.
     before = hub_configurations(state)
-    refused = run_pipeline(state, "--rollback")
+    refused = backend.run_pipeline("--rollback")
     assert refused.returncode == 7, refused.stdout + refused.stderr
     assert "error: no previous release of wine to roll back to: version 1 is the only one" in refused.stderr
     assert "pipeline failed at step 'rollback' (exit 7)" in refused.stderr
     assert hub_configurations(state) == before and fleet_summary(state)["active"] == {"1": 3}
 
     # 2. data A again: nothing to deploy, no new version, no new configuration.
-    out = succeeded(run_pipeline(state))
-    assert "nothing to deploy" in out
-    assert list(versions(state)) == ["1"]
+    out = succeeded(backend.run_pipeline())
+    assert "unchanged: wine version 1" in out and "nothing to deploy" in out
+    assert backend.versions() == ["1"]
     assert hub_configurations(state) == before
     assert fleet_summary(state) == {"active": {"1": 3}, "failed": {}, "pending": []}
 
     # 3. data B: version 2, canary then fleet; version 1's configurations go, its file stays in the registry.
-    out = succeeded(run_pipeline(state, data=str(data_b)))
-    assert list(versions(state)) == ["1", "2"]
+    out = succeeded(backend.run_pipeline(data=str(data_b)))
+    assert backend.versions() == ["1", "2"]
     assert out.index("canary ring: wine version 2 active on 1 device(s)") < out.index("deleted wine-v1-r1-canary")
     assert fleet_summary(state) == {"active": {"2": 3}, "failed": {}, "pending": []}
     assert sorted(hub_configurations(state)) == ["wine-v2-r2-canary", "wine-v2-r2-fleet"]
-    v1 = LocalRegistry(state / "registry").get("wine", version="1")
-    assert hashlib.sha256(v1.path.read_bytes()).hexdigest() == v1.sha256
+    # `registry show` fetches version 1's file and checks it against the sha256 recorded at registration.
+    assert backend.registry("show", "wine", "--version", "1")["sha256"] == v1_sha256
+    assert (backend.aliased("production"), backend.aliased("previous")) == ("2", "1")
 
     # 4. --rollback: version 1 again on every device, through the canary ring first.
-    out = succeeded(run_pipeline(state, "--rollback"))
+    out = succeeded(backend.run_pipeline("--rollback"))
     assert out.index("wine-v1-r3-canary: 1 device(s) report wine 1 active") < out.index("created wine-v1-r3-fleet")
     assert fleet_summary(state) == {"active": {"1": 3}, "failed": {}, "pending": []}
     assert sorted(hub_configurations(state)) == ["wine-v1-r3-canary", "wine-v1-r3-fleet"]
-    registry = LocalRegistry(state / "registry")
-    assert (registry.get("wine", alias="production").version, registry.get("wine", alias="previous").version) == (
-        "1",
-        "2",
-    )
+    assert (backend.aliased("production"), backend.aliased("previous")) == ("1", "2")

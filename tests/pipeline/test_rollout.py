@@ -44,14 +44,14 @@ class Lab:
     def __init__(self, tmp_path: Path, keys: KeyPair, client: IoTHubClient, server: HubServer) -> None:
         self.tmp_path, self.keys, self.client, self.server = tmp_path, keys, client, server
         self.registry = LocalRegistry(tmp_path / "registry")
-        self.v1 = self.registry.register("iris", iris_classifier("1", n_estimators=5).onnx)
-        self.v2 = self.registry.register("iris", iris_classifier("2", n_estimators=7).onnx)
+        self.v1 = self.registry.register("iris", iris_classifier("1", n_estimators=5).onnx).entry
+        self.v2 = self.registry.register("iris", iris_classifier("2", n_estimators=7).onnx).entry
         self.rollout = Rollout(client, module=MODULE, waiting=Waiting(timeout_seconds=5, poll_seconds=0.05))
 
     def release(self, entry: RegistryEntry, key: Path | None = None) -> Release:
         private = load_private_key(key or self.keys.private_path)
         publisher = publisher_for(str(self.tmp_path / "published"))
-        return make_release(entry.name, entry.version, entry.path, entry.sha256, publisher, private)
+        return make_release(entry.name, entry.version, entry.local_path(), entry.sha256, publisher, private)
 
     def twins(self) -> dict[str, dict[str, Any]]:
         return {
@@ -150,7 +150,7 @@ def test_plan_compares_bytes_with_production(lab: Lab, tmp_path: Path) -> None:
     assert first.deploy and first.production is None
     promote_to_production(lab.registry, "iris", "1")
     same_bytes = tmp_path / "candidate.onnx"
-    same_bytes.write_bytes(lab.v1.path.read_bytes())
+    same_bytes.write_bytes(lab.v1.local_path().read_bytes())
     unchanged = plan(lab.registry, "iris", candidate_file=same_bytes)
     assert not unchanged.deploy and unchanged.reason.startswith("nothing to deploy")
     changed = plan(lab.registry, "iris")  # the latest: version 2
@@ -242,7 +242,7 @@ def _connection(lab: Lab) -> str:
 def test_cli_plan_and_promote(lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     registry = ["--registry", str(lab.registry.root)]
     candidate = tmp_path / "model.onnx"
-    candidate.write_bytes(lab.v2.path.read_bytes())
+    candidate.write_bytes(lab.v2.local_path().read_bytes())
     out = tmp_path / "plan.json"
     assert main(["rollout", "plan", "iris", "--candidate", str(candidate), *registry, "--out", str(out)]) == 0
     assert capsys.readouterr().out == "deploy iris version 2: nothing in production\n"
