@@ -41,6 +41,7 @@ from cloud.registry import (
     validate_version,
 )
 
+CLAIM_ATTEMPTS = 5
 MAX_TAGS = 50
 MAX_PROPERTIES = 50
 MAX_KEY = 100
@@ -216,9 +217,6 @@ class AzureMLRegistry:
         that carries the whole record, so a failure at any step leaves no version behind; the retry either
         creates it or, if the PUT had in fact landed, finds the same sha256 and reports it unchanged.
         """
-        from azure.ai.ml.constants import AssetTypes
-        from azure.ai.ml.entities import Model
-
         validate_name(name)
         if not onnx_bytes:
             raise RegistryError("refusing to register an empty model file")
@@ -231,10 +229,6 @@ class AzureMLRegistry:
         ours = sorted((m for m in models if _is_ours(m)), key=lambda m: int(m.version))
         if ours and ours[-1].properties.get(P_SHA256) == digest:
             return Registration(self._entry(ours[-1], _alias_owners(ours)), created=False)
-        number = validate_version(version) if version is not None else self._next(name, models)
-        if number in {str(m.version) for m in models}:
-            self._taken[name] = max(self._taken.get(name, 0), int(number))
-            raise VersionTaken(f"version {number} of {name} already exists in Azure ML; versions are immutable")
         created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         properties = {
             P_SHA256: digest,
@@ -246,6 +240,37 @@ class AzureMLRegistry:
         all_tags = {**user_tags, "sha256": digest, "format": "onnx"}
         check_limits("properties", properties, MAX_PROPERTIES)
         check_limits("tags", all_tags, MAX_TAGS)
+        task = str((metadata or {}).get("task", "unknown task"))
+        if version is not None:
+            number = validate_version(version)
+            self._create(name, number, onnx_bytes, all_tags, properties, task, models)
+            return Registration(self.get(name, number), created=True)
+        for _ in range(CLAIM_ATTEMPTS):  # with no number asked for, a taken one just means: the next one
+            number = self._next(name, models)
+            try:
+                self._create(name, number, onnx_bytes, all_tags, properties, task, models)
+            except VersionTaken:
+                models = self._models(name)
+                continue
+            return Registration(self.get(name, number), created=True)
+        raise RegistryError(f"could not claim a new version of {name} after {CLAIM_ATTEMPTS} attempts")
+
+    def _create(
+        self,
+        name: str,
+        number: str,
+        onnx_bytes: bytes,
+        tags: dict[str, str],
+        properties: dict[str, str],
+        task: str,
+        models: builtins.list[Any],
+    ) -> None:
+        from azure.ai.ml.constants import AssetTypes
+        from azure.ai.ml.entities import Model
+
+        if number in {str(m.version) for m in models}:
+            self._taken[name] = max(self._taken.get(name, 0), int(number))
+            raise VersionTaken(f"version {number} of {name} already exists in Azure ML; versions are immutable")
         with tempfile.TemporaryDirectory(prefix="azureml-model-") as work:
             path = Path(work) / MODEL_FILE
             path.write_bytes(onnx_bytes)
@@ -254,8 +279,8 @@ class AzureMLRegistry:
                 version=number,
                 path=str(path),
                 type=AssetTypes.CUSTOM_MODEL,
-                description=f"ONNX model {name} {number} ({(metadata or {}).get('task', 'unknown task')})",
-                tags=all_tags,
+                description=f"ONNX model {name} {number} ({task})",
+                tags=tags,
                 properties=properties,
             )
             try:
@@ -270,7 +295,6 @@ class AzureMLRegistry:
                 # Someone created this version meanwhile, or it existed (deleted versions cannot be re-created).
                 self._taken[name] = max(self._taken.get(name, 0), int(number))
                 raise VersionTaken(f"{error.message}; version {number} is taken") from None
-        return Registration(self.get(name, number), created=True)
 
     def promote(self, name: str, version: str, alias: str = DEFAULT_ALIAS) -> RegistryEntry:
         """Move ``alias`` to ``version`` by compare-and-fix over tags.

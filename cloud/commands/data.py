@@ -5,7 +5,7 @@ import json
 import sys
 
 NAME = "data"
-HELP = "load and clean a data source and print its report (rows, columns, types, missing %, class balance)"
+HELP = "load and clean a data source and print its report (rows, columns, types, missing percentages, class balance)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

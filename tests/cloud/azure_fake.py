@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -188,14 +189,17 @@ class OutsideConnection(AssertionError):
     pass
 
 
-def install(fake: FakeAzure, attempts: list[Any]) -> Callable[[], None]:
+def install(fake: FakeAzure, attempts: list[Any], pass_local: bool = False) -> Callable[[], None]:
     """Answer every Azure SDK request from ``fake`` and refuse connections beyond 127.0.0.1 (recorded in
-    ``attempts``). Returns the function that restores the real transport and sockets."""
+    ``attempts``). With ``pass_local``, requests to 127.0.0.1 (Azurite, local stand-ins) go out for real.
+    Returns the function that restores the real transport and sockets."""
     real_send = HTTPAdapter.send
     real_connect = socket.socket.connect
     real_getaddrinfo = socket.getaddrinfo
 
     def send(self: HTTPAdapter, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        if pass_local and urllib.parse.urlsplit(str(request.url)).hostname in ("127.0.0.1", "localhost", "::1"):
+            return real_send(self, request, *args, **kwargs)
         return _response(request, fake.handle(request))
 
     def guarded_connect(sock: socket.socket, address: Any) -> Any:

@@ -193,3 +193,47 @@ def test_two_training_processes_register_once_in_azure_ml(tmp_path: Path) -> Non
     assert "unchanged: sensors version 1\n" in outputs[1]
     assert (tmp_path / "run-1" / "model.onnx").read_bytes() == (tmp_path / "run-2" / "model.onnx").read_bytes()
     assert [v["name"] for v in AzureMLService(tmp_path / "state").versions("sensors")] == ["1"]
+
+
+def test_the_site_hook_lets_local_servers_through_and_stops_outside_ones(tmp_path: Path) -> None:
+    """With the hook on, Azurite or a stand-in IoT Hub on 127.0.0.1 stay reachable; the internet does not."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"local"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        script = (
+            "import requests, sys\n"
+            f"print(requests.get('http://127.0.0.1:{server.server_port}/x', timeout=30).text)\n"
+            "import socket\n"
+            "try:\n    socket.create_connection(('example.com', 443), timeout=5)\nexcept Exception as e:\n"
+            "    print(type(e).__name__)\n"
+            # Every other requests call (the Azure SDKs' transport) is answered by the stand-in, never sent.
+            "print(requests.get('https://example.com/', timeout=5).status_code)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            env=subprocess_env(tmp_path / "state"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["local", "OutsideConnection", "404"]

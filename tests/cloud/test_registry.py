@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,16 @@ from cloud.errors import (
 )
 from cloud.registry import LocalRegistry, Registry, RegistryEntry
 from cloud.registry_location import open_registry, parse_location
-from tests.cloud.azure_fake import AZUREML_URI, CLIENT_ID, RESOURCE_GROUP, SUBSCRIPTION, TENANT, WORKSPACE, fake_azure
+from tests.cloud.azure_fake import (
+    AZUREML_URI,
+    CLIENT_ID,
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
+    TENANT,
+    WORKSPACE,
+    add_login_routes,
+    fake_azure,
+)
 from tests.cloud.azureml_service import AzureMLService
 from tests.support.models import iris_classifier
 
@@ -39,11 +49,11 @@ class Backend:
     service: AzureMLService | None = None
 
 
-@pytest.fixture(params=["local", "azureml"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
+@contextmanager
+def open_backend(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
     monkeypatch.delenv("CLOUD_REGISTRY", raising=False)
     monkeypatch.delenv("CLOUD_REGISTRY_DIR", raising=False)
-    if request.param == "local":
+    if kind == "local":
         location = str(tmp_path / "registry")
 
         def corrupt_local(entry: RegistryEntry, data: bytes) -> None:
@@ -54,8 +64,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
     with fake_azure(monkeypatch) as fake:
         service = AzureMLService(tmp_path / "azureml")
         service.install(fake)
-        from tests.cloud.azure_fake import add_login_routes
-
         add_login_routes(fake)
         # DefaultAzureCredential -> EnvironmentCredential, answered by the stand-in's Entra ID routes.
         monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
@@ -67,6 +75,23 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
             service.corrupt_blob(version["properties"]["modelUri"].rsplit("/paths/", 1)[1], data)
 
         yield Backend("azureml", AZUREML_URI, open_registry(AZUREML_URI), corrupt_blob, service)
+
+
+@pytest.fixture(params=["local", "azureml"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
+    with open_backend(request.param, tmp_path, monkeypatch) as opened:
+        yield opened
+
+
+AzureBackend = tuple[Backend, AzureMLService]
+
+
+@pytest.fixture
+def azure_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureBackend]:
+    """Azure ML only: the cases where the service fails or holds state a folder cannot."""
+    with open_backend("azureml", tmp_path, monkeypatch) as opened:
+        assert opened.service is not None
+        yield opened, opened.service
 
 
 def register(registry: Registry, name: str, data: bytes, **record: object) -> RegistryEntry:
@@ -281,17 +306,11 @@ def test_location_sources_and_precedence(tmp_path: Path, monkeypatch: pytest.Mon
 # -- Azure ML only: the service failing half way ---------------------------------------------------------------
 
 
-def azureml(backend: Backend) -> AzureMLService:
-    if backend.service is None:
-        pytest.skip("a local folder has no service to fail")
-    return backend.service
-
-
 @pytest.mark.parametrize("unreachable", [False, True])
 def test_azureml_failing_mid_registration_leaves_no_version_and_a_retry_succeeds(
-    backend: Backend, unreachable: bool
+    azure_backend: AzureBackend, unreachable: bool
 ) -> None:
-    service = azureml(backend)
+    backend, service = azure_backend
     register(backend.registry, "iris", b"a")
     # The file upload succeeds; creating the version fails through the SDK's own retries.
     service.fail("PUT", r"/models/iris/versions/\d+$", status=503, times=100, unreachable=unreachable)
@@ -307,15 +326,17 @@ def test_azureml_failing_mid_registration_leaves_no_version_and_a_retry_succeeds
     assert backend.registry.get("iris").sha256 == hashlib.sha256(b"b").hexdigest()
 
 
-def test_azureml_a_transient_5xx_is_retried_by_the_sdk(backend: Backend) -> None:
-    service = azureml(backend)
+def test_azureml_a_transient_5xx_is_retried_by_the_sdk(azure_backend: AzureBackend) -> None:
+    backend, service = azure_backend
     service.fail("PUT", r"/models/iris/versions/\d+$", status=500, times=1)
     assert backend.registry.register("iris", b"a").entry.version == "1"
     assert [v["name"] for v in service.versions("iris")] == ["1"]
 
 
-def test_azureml_a_version_created_whose_answer_was_lost_is_unchanged_on_retry(backend: Backend) -> None:
-    service = azureml(backend)
+def test_azureml_a_version_created_whose_answer_was_lost_is_unchanged_on_retry(
+    azure_backend: AzureBackend,
+) -> None:
+    backend, service = azure_backend
     register(backend.registry, "iris", b"a")
     # The service creates the version but every answer to the PUT is lost (e.g. a gateway timeout).
     service.fail("PUT", r"/models/iris/versions/\d+$", status=504, times=100, after=True)
@@ -329,20 +350,30 @@ def test_azureml_a_version_created_whose_answer_was_lost_is_unchanged_on_retry(b
     assert again.entry.sha256 == hashlib.sha256(b"b").hexdigest()
 
 
-def test_azureml_a_deleted_version_number_is_never_reused(backend: Backend) -> None:
-    service = azureml(backend)
+def test_azureml_a_deleted_version_number_is_never_reused(azure_backend: AzureBackend) -> None:
+    backend, service = azure_backend
     register(backend.registry, "iris", b"a")
     register(backend.registry, "iris", b"b")
     service.delete_version("iris", "2")  # the service remembers it: "cannot be recreated"
 
     assert [e.version for e in backend.registry.list("iris")] == ["1"]
+    assert backend.registry.next_version("iris") == "2"  # the service alone knows 2 is gone for good
     with pytest.raises(VersionTaken, match="cannot be recreated"):
         backend.registry.register("iris", b"c", version="2")
     assert backend.registry.register("iris", b"c").entry.version == "3"
 
 
-def test_azureml_mapping_of_tags_and_properties(backend: Backend) -> None:
-    service = azureml(backend)
+def test_azureml_registering_without_a_number_skips_a_deleted_one(azure_backend: AzureBackend) -> None:
+    backend, service = azure_backend
+    register(backend.registry, "iris", b"a")
+    register(backend.registry, "iris", b"b")
+    service.delete_version("iris", "2")
+    assert backend.registry.register("iris", b"c").entry.version == "3"
+    assert [v["name"] for v in service.versions("iris")] == ["1", "3"]
+
+
+def test_azureml_mapping_of_tags_and_properties(azure_backend: AzureBackend) -> None:
+    backend, service = azure_backend
     model = iris_classifier().onnx
     register(backend.registry, "iris", model, metrics={"accuracy": 0.9}, tags={"team": "edge"}, metadata=BIG_METADATA)
     backend.registry.promote("iris", "1")
@@ -362,8 +393,8 @@ def test_azureml_mapping_of_tags_and_properties(backend: Backend) -> None:
     assert json.loads("".join(record[f"edge.metadata.{i}"] for i in range(parts))) == BIG_METADATA
 
 
-def test_azureml_limits_are_checked_before_anything_is_sent(backend: Backend) -> None:
-    service = azureml(backend)
+def test_azureml_limits_are_checked_before_anything_is_sent(azure_backend: AzureBackend) -> None:
+    backend, service = azure_backend
     with pytest.raises(RegistryError, match="51 tags exceed Azure ML's limit of 50"):
         backend.registry.register("iris", b"a", tags={f"t{i}": "v" for i in range(49)})
     with pytest.raises(RegistryError, match="exceeds Azure ML's 1000 characters"):

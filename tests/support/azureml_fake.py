@@ -30,4 +30,4 @@ def install_from_environment() -> None:
     AzureMLService(Path(os.environ[STATE_ENV])).install(fake)
     add_login_routes(fake, os.environ["AZURE_TENANT_ID"])
     attempts: list[Any] = []
-    install(fake, attempts)
+    install(fake, attempts, pass_local=True)  # Azurite and the stand-in IoT Hub stay reachable

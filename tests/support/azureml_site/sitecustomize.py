@@ -10,9 +10,20 @@ Every process sees the one registry kept in that folder. A service principal for
 filled in (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET) unless set; the stand-in answers Entra ID too.
 """
 
+import importlib.util
 import os
 
-if os.environ.get("AZUREML_FAKE_STATE"):
+
+def _has_azure_sdk() -> bool:
+    # Another interpreter on the same PYTHONPATH (e.g. a system python3 in a shell pipe) has no Azure SDK to
+    # stand in for; it must start quietly.
+    try:
+        return importlib.util.find_spec("azure.core") is not None and importlib.util.find_spec("requests") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+if os.environ.get("AZUREML_FAKE_STATE") and _has_azure_sdk():
     from tests.support.azureml_fake import install_from_environment
 
     install_from_environment()
