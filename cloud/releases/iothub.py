@@ -25,6 +25,9 @@ TOKEN_TTL_SECONDS = 3600
 USER_AGENT = "edge-inference-cloud/0.1"
 MAX_QUERY_PAGES = 1000
 QUERY_PAGE_SIZE = 100
+# Layered deployments count against "100 deployments (including layered deployments) per paid SKU hub"
+# (IoT Hub quotas and throttling, "Other limits"); GET /configurations?top= is capped there too.
+MAX_CONFIGURATIONS = 100
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,28 @@ class IoTHubClient:
         path = f"/configurations/{_quote(configuration['id'])}"
         return self._json(self._request("PUT", path, configuration, headers))
 
+    def get_configuration(self, configuration_id: str) -> dict[str, Any] | None:
+        """One configuration (``GET /configurations/{id}``), or None when the hub has no such id."""
+        try:
+            return self._json(self._request("GET", f"/configurations/{_quote(configuration_id)}", None))
+        except IoTHubError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def list_configurations(self, top: int = MAX_CONFIGURATIONS) -> list[dict[str, Any]]:
+        """All configurations (``GET /configurations?top=N``); the service does not page this list."""
+        response = self._request("GET", "/configurations", None, params={"top": str(top)})
+        listing = response.json()
+        if not isinstance(listing, list):
+            raise IoTHubError("IoT Hub answered the configuration list with something other than a list")
+        return [item for item in listing if isinstance(item, dict)]
+
+    def delete_configuration(self, configuration_id: str, etag: str = "*") -> None:
+        """``DELETE /configurations/{id}`` with If-Match (``*``: whatever its etag)."""
+        path = f"/configurations/{_quote(configuration_id)}"
+        self._request("DELETE", path, None, {"If-Match": _if_match(etag)})
+
     def apply_configuration_content(self, device_id: str, content: dict[str, Any]) -> None:
         """Set one device's modules: ``POST /devices/{id}/applyConfigurationContent`` (az iot edge set-modules)."""
         self._request("POST", f"/devices/{_quote(device_id)}/applyConfigurationContent", content)
@@ -132,7 +157,12 @@ class IoTHubClient:
         raise IoTHubError(f"query returned more than {MAX_QUERY_PAGES} pages; narrow it")
 
     def _request(
-        self, method: str, path: str, body: Any, extra_headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        extra_headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
     ) -> httpx.Response:
         expiry = int(self._clock()) + TOKEN_TTL_SECONDS
         headers = {
@@ -144,9 +174,13 @@ class IoTHubClient:
             "User-Agent": USER_AGENT,
             **(extra_headers or {}),
         }
-        url = f"{self.endpoint}{path}?api-version={API_VERSION}"
+        query = urllib.parse.urlencode({**(params or {}), "api-version": API_VERSION})
+        url = f"{self.endpoint}{path}?{query}"
         try:
-            response = self._http.request(method, url, json=body, headers=headers)
+            if body is None:
+                response = self._http.request(method, url, headers=headers)
+            else:
+                response = self._http.request(method, url, json=body, headers=headers)
         except httpx.HTTPError as error:
             raise IoTHubError(f"{method} {path}: cannot reach {self.endpoint}: {type(error).__name__}") from None
         if response.status_code >= 400:

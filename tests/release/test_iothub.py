@@ -262,3 +262,26 @@ def test_fleet_status_reports_versions_and_failures(hub_env: None, capsys: pytes
         assert main(["fleet", "status", "--hub-endpoint", server.url]) == 0
     table = capsys.readouterr().out
     assert "gw-1    iris   active  3       3" in table and "iris: active v3: 1; failed 0; pending 0" in table
+
+
+def test_configuration_get_list_and_delete_on_the_wire(client_of: Any) -> None:
+    def respond(request: Captured) -> Answer:
+        if request.method == "GET" and request.path == "/configurations":
+            return Answer(200, [{"id": "models-iris-3"}])
+        if request.method == "GET":
+            return Answer(404, {"Message": "ErrorCode:ConfigurationNotFound;no such configuration"})
+        return Answer(204)
+
+    with HubServer(respond) as server:
+        client = client_of(server)
+        assert client.list_configurations(top=20) == [{"id": "models-iris-3"}]
+        assert client.get_configuration("models iris") is None
+        client.delete_configuration("models-iris-3", etag="MQ==")
+    listing, get, delete = server.requests
+    assert (listing.method, listing.path) == ("GET", "/configurations")
+    assert listing.query == {"top": ["20"], "api-version": [API_VERSION]}
+    assert (get.method, get.path, get.body) == ("GET", "/configurations/models%20iris", None)
+    assert (delete.method, delete.path) == ("DELETE", "/configurations/models-iris-3")
+    assert delete.headers["if-match"] == '"MQ=="' and delete.body is None
+    for request in server.requests:
+        assert_signed(request, NOW)
