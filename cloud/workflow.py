@@ -117,8 +117,14 @@ def export(run: TrainingRun, name: str, version: str, tolerance: float = PARITY_
     return ExportedModel(name, onnx_bytes, metadata, parity, best.name, dict(best.params))
 
 
-def register(model: ExportedModel, registry: LocalRegistry, tags: dict[str, str] | None = None) -> RegistryEntry:
-    """Register a model that passed parity; one that did not is refused."""
+def register(
+    model: ExportedModel,
+    registry: LocalRegistry,
+    tags: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> RegistryEntry:
+    """Register a model that passed parity; one that did not is refused. ``metadata`` adds to the entry's
+    (e.g. ``lineage`` from ``cloud retrain``)."""
     if not model.parity.passed:
         raise ParityError(model.parity.message)
     assert model.metadata.version is not None
@@ -127,7 +133,7 @@ def register(model: ExportedModel, registry: LocalRegistry, tags: dict[str, str]
         model.onnx,
         metrics=dict(model.metadata.metrics),
         tags={"task": str(model.metadata.task), "algorithm": model.algorithm, **(tags or {})},
-        metadata=registry_metadata(model),
+        metadata={**registry_metadata(model), **(metadata or {})},
         version=model.metadata.version,
     )
 
