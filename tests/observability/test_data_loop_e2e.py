@@ -115,13 +115,13 @@ def test_capture_to_storage_to_monitor_to_retrain(
     since, until = ["--since", boundary.isoformat()], ["--until", boundary.isoformat()]
     for encoding in ("avro", "json"):
         source = ["--capture", f"az://capture-{encoding}/edge-hub/"]
-        out = ["--out", str(tmp_path / f"monitor-{encoding}-shifted")]
-        code, summary, err = monitor([*source, *registry_args, *since, *out], capsys)
+        shifted_out = ["--out", str(tmp_path / f"monitor-{encoding}-shifted")]
+        code, summary, err = monitor([*source, *registry_args, *since, *shifted_out], capsys)
         assert code == 10, err
         assert summary["driftedFeatures"] == sorted(SHIFTED), summary["driftedFeatures"]
         assert summary["driftedDevices"] == [edge.hub.device_id] and summary["capture"]["records"] == len(moved_rows)
-        out = ["--out", str(tmp_path / f"monitor-{encoding}-calm")]
-        code, summary, err = monitor([*source, *registry_args, *until, *out], capsys)
+        calm_out = ["--out", str(tmp_path / f"monitor-{encoding}-calm")]
+        code, summary, err = monitor([*source, *registry_args, *until, *calm_out], capsys)
         assert code == 0, err
         assert summary["capture"]["records"] == len(calm_rows) and summary["signals"] == []
     monitor_report = tmp_path / "monitor-avro-shifted" / "summary.json"
