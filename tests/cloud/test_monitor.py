@@ -201,3 +201,20 @@ def test_labels_join_count_unknown_ids_and_a_metric_drop_recommends_retraining(
     by_id = write_labels(tmp_path / "by-id.csv", records, truth, by_row=False)
     code, summary, err = run_monitor([*args, "--labels", str(by_id)], capsys)
     assert code == 0 and summary["labels"]["matched"] == 1 and summary["labels"]["ambiguous"] == 71
+
+
+def test_train_data_from_a_capture_folder_reads_the_record_format_and_the_old_lines(tmp_path: Path) -> None:
+    from cloud.data import read_table
+
+    records = records_for(trained_cancer().x_test, start=T0)
+    folder = tmp_path / "capture"
+    write_routed(folder, records[:100], "avro", "routed")
+    (folder / "capture-000000000001.jsonl").write_bytes(segments(records[100:])[0].body)
+    (folder / "old.jsonl").write_text('{"_model": "cancer", "_version": "1", "_time": "2026-01-01T00:00:00Z", '
+                                      '"mean radius": 14.0, "prediction": 1}\n')  # fmt: skip
+    frame = read_table(str(folder))
+    assert len(frame) == 144 and "prediction" in frame.columns and "correlationId" not in frame.columns
+    # Files in name order: the segment file, the old lines, the routed blob.
+    labels = [r["outputs"]["label"] for r in records]
+    assert frame["prediction"].tolist() == [*labels[100:], 1, *labels[:100]]
+    assert frame.loc[43, "mean radius"] == 14.0
