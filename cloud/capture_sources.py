@@ -46,6 +46,12 @@ class SourceDigest:
         return self._hash.hexdigest()
 
 
+def redacted(source: str) -> str:
+    """The source as reports and lineage show it: a URL's SAS token (a secret) replaced by ``<SAS>``."""
+    base, sep, query = source.partition("?")
+    return f"{base}?<SAS>" if sep and "sig=" in query else source
+
+
 def iter_files(source: str, credential: Any = None) -> Iterator[CaptureFile]:
     if source.startswith("az://"):
         yield from _az_files(source, credential)
@@ -97,14 +103,16 @@ def _container_url_files(source: str, credential: Any) -> Iterator[CaptureFile]:
     path_style = parsed.hostname in ("127.0.0.1", "localhost")
     skip = 2 if path_style else 1
     if len(segments) < skip:
-        raise DataError(f"{source}: not a container URL (https://<account>.blob.core.windows.net/<container>/...)")
+        raise DataError(
+            f"{redacted(source)}: not a container URL (https://<account>.blob.core.windows.net/<container>/...)"
+        )
     base = "/".join(segments[:skip])
     prefix = "/".join(segments[skip:])
     container_url = f"{parsed.scheme}://{parsed.netloc}/{base}" + (f"?{parsed.query}" if parsed.query else "")
     container = ContainerClient.from_container_url(
         container_url, credential=None if has_sas else _credential(credential)
     )
-    yield from _container_files(container, prefix, source.split("?")[0])
+    yield from _container_files(container, prefix, redacted(source))
 
 
 def _datastore_files(source: str, credential: Any) -> Iterator[CaptureFile]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.capture_records import ReadStats, RecordReader
-from cloud.capture_sources import SourceDigest, iter_files
+from cloud.capture_sources import SourceDigest, iter_files, redacted
 from cloud.errors import DataError
 
 ID_COLUMNS = ("correlationId", "correlation_id", "id")
@@ -82,13 +82,13 @@ def read_capture(
                 continue
             record["timestamp"] = stamp
             records.append(record)
-    capture = Capture(source, model, records, reader.stats, digest.hexdigest(), others, outside)
+    capture = Capture(redacted(source), model, records, reader.stats, digest.hexdigest(), others, outside)
     if not records and not outside:
         if reader.stats.files == 0:
-            raise DataError(f"no files in {source}")
+            raise DataError(f"no files in {redacted(source)}")
         found = ", ".join(f"{name} ({count})" for name, count in others.most_common()) or "none"
         raise DataError(
-            f"no capture records of model {model!r} in {source}: {reader.stats.records} records read, "
+            f"no capture records of model {model!r} in {redacted(source)}: {reader.stats.records} records read, "
             f"of other models: {found}"
         )
     return capture

@@ -96,7 +96,7 @@ def retrain(
 
     production_rows = earlier[list(features)].assign(**{target: earlier["label"].to_numpy()})
     combined = _concat([original[[*features, target]], production_rows])
-    dataset = prepare(combined, source=f"{data_source} + {capture_source}", target=target, task=metadata.task)
+    dataset = prepare(combined, source=f"{data_source} + {capture.source}", target=target, task=metadata.task)
     if dataset.report.task != metadata.task or tuple(f.name for f in dataset.schema) != features:
         raise DataError(
             f"the training data no longer has the champion's features {list(features)} "
@@ -119,7 +119,7 @@ def retrain(
         "parent": {"name": name, "version": champion.version, "sha256": champion.sha256},
         "data": [
             {"role": "original", "source": data_source, "sha256": _source_sha256(data_source, original)},
-            {"role": "capture", "source": capture_source, "sha256": capture.sha256},
+            {"role": "capture", "source": capture.source, "sha256": capture.sha256},
             {"role": "labels", "source": labels.source, "sha256": labels.sha256},
         ],
         "productionRows": {"training": len(earlier), "holdout": len(recent)},

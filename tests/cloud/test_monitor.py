@@ -218,3 +218,19 @@ def test_train_data_from_a_capture_folder_reads_the_record_format_and_the_old_li
     labels = [r["outputs"]["label"] for r in records]
     assert frame["prediction"].tolist() == [*labels[100:], 1, *labels[:100]]
     assert frame.loc[43, "mean radius"] == 14.0
+
+
+def test_drift_is_named_per_device_and_version(
+    tmp_path: Path, registry: LocalRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = trained_cancer().x_test
+    folder = tmp_path / "capture"
+    write_routed(folder, records_for(x, start=T0, device="line-1", prefix="a"), "avro", "a")
+    write_routed(folder, records_for(shifted(x), start=T0, device="line-2", prefix="b"), "json", "b")
+    code, summary, err = run_monitor(["--capture", str(folder), "--registry", str(registry.root),
+                                      "--out", str(tmp_path / "r")], capsys)  # fmt: skip
+    assert code == 10, err
+    assert summary["driftedDevices"] == ["line-2"] and summary["driftedFeatures"] == sorted(SHIFTED)
+    by_device = {g["deviceId"]: g for g in summary["groups"]}
+    assert by_device["line-1"]["drifted"] == [] and by_device["line-2"]["drifted"] == sorted(SHIFTED)
+    assert summary["versions"]["1"]["rows"] == 286

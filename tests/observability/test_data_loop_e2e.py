@@ -10,19 +10,19 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 from cloud.__main__ import main
 from cloud.registry import LocalRegistry
 from tests.observability.test_capture_e2e import captured, wait_captured
-from tests.release.azurite import Azurite
+from tests.release.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 from tests.support.data_loop import SHIFTED, register_cancer, shifted, trained_cancer, write_labels
 from tests.support.inprocess import ADMIN_TOKEN
 from tests.support.iothub_routing import routed, write_endpoint
@@ -125,6 +125,19 @@ def test_capture_to_storage_to_monitor_to_retrain(
         assert code == 0, err
         assert summary["capture"]["records"] == len(calm_rows) and summary["signals"] == []
     monitor_report = tmp_path / "monitor-avro-shifted" / "summary.json"
+    # A container URL with a read/list SAS, no connection string: what an operator hands a job.
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    sas = generate_container_sas(
+        ACCOUNT, "capture-avro", account_key=ACCOUNT_KEY, permission=ContainerSasPermissions(read=True, list=True),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=1),
+    )  # fmt: skip
+    url = f"{azurite.endpoint}/capture-avro/edge-hub?{sas}"
+    code, summary, err = monitor(["--capture", url, *registry_args, *since, "--out", str(tmp_path / "m")], capsys)
+    assert code == 10 and summary["driftedFeatures"] == sorted(SHIFTED), err
+    assert summary["capture"]["source"] == f"{azurite.endpoint}/capture-avro/edge-hub?<SAS>"
+    signature = sas.split("sig=")[1].split("&")[0]
+    assert signature not in err + "".join(p.read_text() for p in (tmp_path / "m").glob("*.*") if p.suffix != ".png")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
 
     # Ground truth arrives for the shifted rows. First it matches the old concept (what the champion says).
     keys = sorted(moved, key=lambda k: (int(k[0].split("-")[1]), k[1]))
