@@ -115,3 +115,16 @@ def test_bad_labels_are_clear_errors(setup: dict[str, Any], tmp_path: Path, caps
     headless.write_text("id_of_something,label\nx,1\n")
     code, _, err = run(command(setup, headless, tmp_path), capsys)
     assert code == 1 and "no correlation id column" in err
+
+
+def test_holdout_since_selects_the_recent_rows_and_an_empty_holdout_is_an_error(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = write_labels(tmp_path / "labels.csv", setup["records"], new_concept(setup["production"]))
+    code, _, err = run(command(setup, labels, tmp_path, "--holdout-since", "2026-12-05T00:00:00Z"), capsys)
+    assert code == 1 and "no labelled production rows in the holdout window" in err
+    # Requests are one second apart from T0, four rows each: 100 s in, requests 100..142 (rows 400..568) remain.
+    code, summary, err = run(command(setup, labels, tmp_path, "--holdout-since", "2026-12-04T10:01:40Z"), capsys)
+    assert code == 0, err
+    assert summary["lineage"]["productionRows"] == {"training": 400, "holdout": 169}
+    assert summary["lineage"]["holdout"]["rule"] == "since 2026-12-04T10:01:40+00:00"
