@@ -98,6 +98,9 @@ def test_capture_to_storage_to_monitor_to_retrain(
         assert response.status_code == 200, response.text
         calm = send(client, calm_rows, "calm", 3)
         boundary = datetime.now(timezone.utc)
+        # Records carry milliseconds, cut down: the shifted rows must finish a whole millisecond later.
+        while datetime.now(timezone.utc) < boundary + timedelta(milliseconds=2):
+            pass
         moved = send(client, moved_rows, "moved", 4)
     wait_captured(edge.hub, set(calm) | set(moved), timeout=120)
     records = captured(edge.hub)
