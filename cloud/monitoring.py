@@ -40,10 +40,13 @@ class MonitorSettings:
     min_labels: int = 30
 
 
-def window_length(text: str) -> timedelta:
+def window_length(text: str) -> timedelta | None:
+    """A window's length; None for ``all`` (one window over the whole range read)."""
+    if text.strip() == "all":
+        return None
     match = WINDOW.fullmatch(text.strip())
     if not match or int(match.group(1)) == 0:
-        raise DataError(f"window {text!r}: use a number and m, h or d, e.g. 15m, 1h, 1d")
+        raise DataError(f"window {text!r}: use a number and m, h or d (e.g. 15m, 1h, 1d), or all")
     amount = int(match.group(1))
     return {"m": timedelta(minutes=amount), "h": timedelta(hours=amount), "d": timedelta(days=amount)}[match.group(2)]
 
@@ -200,7 +203,11 @@ def monitor(
             continue
         frame = records_frame(by_version[version], profile.features)
         all_frames.append(frame)
-        frame["window"] = [window_start(t, length) for t in frame["timestamp"]]
+        if length is None:
+            first = since or min(r["timestamp"] for r in capture.records)
+            frame["window"] = [first] * len(frame)
+        else:
+            frame["window"] = [window_start(t, length) for t in frame["timestamp"]]
         labelled = None
         if labels is not None:
             joined: Joined = join_labels(frame, labels)

@@ -28,7 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", help="only records at or after this UTC time (ISO 8601)")
     parser.add_argument("--until", help="only records before this UTC time (ISO 8601)")
     parser.add_argument("--registry", help=REGISTRY_HELP)
-    parser.add_argument("--window", default="1h", help="time window per report row: 15m, 1h, 1d, ... (%(default)s)")
+    parser.add_argument(
+        "--window", default="1h", help="time window per report row: 15m, 1h, 1d, ..., or all (%(default)s)"
+    )
     parser.add_argument(
         "--psi-threshold", type=float, default=0.2, help="PSI above which a feature drifted (%(default)s)"
     )

@@ -114,7 +114,8 @@ def test_capture_to_storage_to_monitor_to_retrain(
         container = service.create_container(f"capture-{encoding}")
         assert write_endpoint(container, messages, encoding, hub="edge-hub")
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
-    registry_args = ["--registry", str(registry.root), "--window", "1d"]
+    # One window per run, from --since or the first record: these rows take seconds and may straddle any boundary.
+    registry_args = ["--registry", str(registry.root), "--window", "all"]
     since, until = ["--since", boundary.isoformat()], ["--until", boundary.isoformat()]
     for encoding in ("avro", "json"):
         source = ["--capture", f"az://capture-{encoding}/edge-hub/"]
@@ -123,6 +124,7 @@ def test_capture_to_storage_to_monitor_to_retrain(
         assert code == 10, err
         assert summary["driftedFeatures"] == sorted(SHIFTED), summary["driftedFeatures"]
         assert summary["driftedDevices"] == [edge.hub.device_id] and summary["capture"]["records"] == len(moved_rows)
+        assert [g["rows"] for g in summary["groups"]] == [len(moved_rows)]
         calm_out = ["--out", str(tmp_path / f"monitor-{encoding}-calm")]
         code, summary, err = monitor([*source, *registry_args, *until, *calm_out], capsys)
         assert code == 0, err

@@ -132,7 +132,8 @@ def azure_value(output: str, name: str) -> str | None:
 def test_the_monitor_and_retrain_steps_turn_exit_codes_into_the_path(path: Path, tmp_path: Path) -> None:
     registry = LocalRegistry(tmp_path / "registry")
     register_cancer(registry)
-    start = datetime.now(timezone.utc) - timedelta(minutes=30)
+    # Inside one hour window (the steps use --window 1h), within the look-back, whatever the time now.
+    start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     calm = tmp_path / "calm"
     moved = tmp_path / "moved"
     for folder, rows, prefix in ((calm, trained_cancer().x_test, "c"), (moved, shifted(trained_cancer().x_test), "m")):
