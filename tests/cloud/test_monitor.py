@@ -234,3 +234,38 @@ def test_drift_is_named_per_device_and_version(
     by_device = {g["deviceId"]: g for g in summary["groups"]}
     assert by_device["line-1"]["drifted"] == [] and by_device["line-2"]["drifted"] == sorted(SHIFTED)
     assert summary["versions"]["1"]["rows"] == 286
+
+
+def test_a_regressor_is_monitored_by_rmse_and_mae_and_its_predicted_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloud import workflow
+
+    dataset = workflow.load_data("sklearn:diabetes")
+    run = workflow.train(dataset, algorithms=("ridge",), trials=1, cv=2)
+    registry = LocalRegistry(tmp_path / "registry")
+    entry = workflow.register(workflow.export(run, "cancer", "1"), registry)  # the name the helpers use
+    x, y = run.x_test, list(run.y_test)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(registry.get("cancer").path.read_bytes(), providers=["CPUExecutionProvider"])
+    (values,) = session.run(None, {n: x[n].to_numpy(dtype=np.float32).reshape(-1, 1) for n in x.columns})
+    records = [
+        {"correlationId": f"r{i}", "row": 0, "deviceId": "pump-1", "model": "cancer", "version": "1",
+         "time": "2026-12-04T10:00:00.000Z", "inputs": {n: float(x.iloc[i][n]) for n in x.columns},
+         "outputs": {"variable": float(values[i][0])}}
+        for i in range(len(x))
+    ]  # fmt: skip
+    write_routed(tmp_path / "capture", records, "avro", "a")
+    # 111 rows: too few to judge drift (noise alone puts a feature's PSI near 0.2); metrics are the point here.
+    args = ["--capture", str(tmp_path / "capture"), "--registry", str(registry.root), "--min-rows", "1000",
+            "--min-labels", "20", "--out", str(tmp_path / "r")]  # fmt: skip
+    labels = write_labels(tmp_path / "labels.csv", records, y)
+    code, summary, err = run_monitor([*args, "--labels", str(labels)], capsys)
+    assert code == 0, err
+    block = summary["versions"]["1"]
+    assert block["live"]["rmse"] == pytest.approx(entry.metrics["rmse"], rel=1e-4)
+    assert block["predictions"]["output"] == "variable" and block["predictions"]["psi"] is not None
+    worse = write_labels(tmp_path / "worse.csv", records, [v + 60.0 for v in y])
+    code, summary, err = run_monitor([*args, "--labels", str(worse)], capsys)
+    assert code == 10 and {s["metric"] for s in summary["metricSignals"]} == {"rmse", "mae"}
