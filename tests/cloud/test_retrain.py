@@ -128,3 +128,40 @@ def test_holdout_since_selects_the_recent_rows_and_an_empty_holdout_is_an_error(
     assert code == 0, err
     assert summary["lineage"]["productionRows"] == {"training": 400, "holdout": 169}
     assert summary["lineage"]["holdout"]["rule"] == "since 2026-12-04T10:01:40+00:00"
+
+
+def test_a_regressor_is_compared_by_rmse_lower_is_better(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import onnxruntime as ort
+
+    from cloud import workflow
+    from tests.support.iothub_routing import json_blob
+
+    dataset = workflow.load_data("sklearn:diabetes")
+    run_ = workflow.train(dataset, algorithms=("ridge",), trials=1, cv=2)
+    registry = LocalRegistry(tmp_path / "registry")
+    registry.promote("sugar", workflow.register(workflow.export(run_, "sugar", "1"), registry).version)
+    x = dataset.features
+    session = ort.InferenceSession(registry.get("sugar").path.read_bytes(), providers=["CPUExecutionProvider"])
+    (values,) = session.run(None, {n: x[n].to_numpy(dtype=np.float32).reshape(-1, 1) for n in x.columns})
+    records = [
+        {"correlationId": f"r{i}", "row": 0, "deviceId": "pump-1", "model": "sugar", "version": "1",
+         "time": f"2026-12-04T10:{i // 60:02d}:{i % 60:02d}.000Z",
+         "inputs": {n: float(x.iloc[i][n]) for n in x.columns}, "outputs": {"variable": float(values[i][0])}}
+        for i in range(len(x))
+    ]  # fmt: skip
+    folder = tmp_path / "capture"
+    folder.mkdir()
+    messages = [routed(m, "pump-1", "edge-inference") for m in segments(records)]
+    (folder / "00.json").write_bytes(json_blob(messages))
+    # The outcome moved: a new treatment takes 80 off the progression of patients with a high s5.
+    high = (x["s5"] > x["s5"].median()).to_numpy()
+    changed = write_labels(tmp_path / "changed.csv", records, list(dataset.target - 80.0 * high))
+    args = ["retrain", "sugar", "--data", "sklearn:diabetes", "--capture", str(folder), "--registry",
+            str(registry.root), "--out", str(tmp_path / "out"), "--json", "--algorithm", "random_forest",
+            "--trials", "1", "--cv", "2", "--min-improvement", "5"]  # fmt: skip
+    code, summary, err = run([*args, "--labels", str(changed)], capsys)
+    assert code == 0, err
+    assert summary["metric"] == "rmse" and summary["higherIsBetter"] is False
+    champion, challenger = summary["champion"]["scores"]["rmse"], summary["challenger"]["scores"]["rmse"]
+    assert challenger <= champion - 5 and summary["improvement"] == pytest.approx(champion - challenger, abs=1e-5)
+    assert registry.get("sugar", alias="production").version == "2"
