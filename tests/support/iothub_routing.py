@@ -6,16 +6,19 @@ What it reproduces, from the service's documentation:
   {HH}/{mm}`` (every token required, in any order) (learn.microsoft.com/azure/iot-hub/
   iot-hub-devguide-messages-d2c, "Azure Storage as a routing endpoint"); here with the suffix ``.avro`` or
   ``.json``. A batch period without data writes an empty blob (same page).
-- **Avro** (the default encoding): an Avro object container file of records with ``EnqueuedTimeUtc``,
+- Encodings ``avro`` (default), ``avrodeflate`` (the same, deflate codec) and ``JSON`` (RoutingStorageContainer
+  Properties.Encoding, Azure.ResourceManager.IotHub: "Supported values are 'avro', 'avrodeflate', and 'JSON'").
+- **Avro**: an Avro object container file of records with ``EnqueuedTimeUtc``,
   ``Properties`` (application properties), ``SystemProperties`` and ``Body`` (the message bytes), the layout
   IoT Hub's Avro files are read with (HubAvroReader of Azure-Samples/IoTEdgeAndMlSample; IoT Central's export
   docs: "the same format as the message files exported by IoT Hub message routing").
 - **JSON** encoding: one JSON object per line with the same four keys. ``Body`` is the message's JSON value
   when its ``contentType`` is ``application/json`` and ``contentEncoding`` ``utf-8``, otherwise the body base64
-  encoded (iot-hub-devguide-messages-d2c: "the message body is ... base64-encoded" unless both are set; the
-  message enrichment tutorial's stored sample shows the base64 form). What the service does with a body that
-  claims ``application/json`` but is not one JSON value (a capture segment of several JSON lines) is not
-  documented; this stand-in stores such a body base64 encoded, and the reader accepts both forms.
+  encoded (iot-hub-devguide-messages-construct: the content type and charset must be set for "JSON being
+  treated as a parsable string instead of Base64 encoded binary data"; the message enrichment tutorial's
+  stored sample shows the base64 form, IoT Central's export sample the JSON form). What the service does with
+  a body that claims ``application/json`` but is not one JSON value (a capture segment of several JSON lines)
+  is not documented; this stand-in stores such a body base64 encoded, and the reader accepts both forms.
 - ``SystemProperties`` as IoT Hub stores them for a module message: ``connectionDeviceId``,
   ``connectionModuleId``, ``connectionAuthMethod``, ``connectionDeviceGenerationId``, ``enqueuedTime``, and
   ``messageId``/``correlationId``/``contentType``/``contentEncoding`` when the message set them
