@@ -98,18 +98,27 @@ def read_table(source: str) -> Any:
 
 
 def read_capture(path: Path) -> Any:
-    """JSON lines captured on a device (edge_module/capture.py): a file or a folder of ``*.jsonl``.
-
-    Keys starting with ``_`` (model, version, time) are provenance, not features, and are dropped.
-    """
+    """Captured rows (edge_module/capture.py): a segment file or a folder of them, or what IoT Hub routing stored
+    (Avro or JSON; cloud/capture_records.py). One column per input feature, plus ``prediction``: the first
+    output with one value per row (a class label or a regression value). Provenance (correlation id, device,
+    model, version, time) is dropped. The module's older flat lines read the same way."""
     import pandas as pd
 
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
-    frames = [pd.read_json(file, lines=True) for file in files if file.is_file() and file.stat().st_size]
-    if not frames:
+    from cloud.capture_records import RecordReader
+
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    reader = RecordReader()
+    rows = []
+    for file in files:
+        for record in reader.read(file.name, file.read_bytes()):
+            row = dict(record["inputs"])
+            scalar = [v for v in record["outputs"].values() if not isinstance(v, list | dict)]
+            if scalar:
+                row["prediction"] = scalar[0]
+            rows.append(row)
+    if not rows:
         raise DataError(f"no captured records in {path}")
-    frame = pd.concat(frames, ignore_index=True)
-    return frame.drop(columns=[c for c in frame.columns if str(c).startswith("_")])
+    return pd.DataFrame(rows)
 
 
 def _parse_bytes(payload: bytes, source: str) -> Any:

@@ -63,3 +63,14 @@ def string_profile(values: list[str]) -> dict[str, Any]:
         "categories": {str(u): round(int(c) / total, 6) for u, c in zip(unique, counts, strict=True)},
         "missing": round(missing, 6),
     }
+
+
+def prediction_profile(task: str, predictions: Any) -> dict[str, Any] | None:
+    """The model's output distribution on the holdout (``profile["predictions"]``): the baseline the cloud
+    monitor compares live predictions with. Class labels as categories, regression values as numeric bins."""
+    values = np.asarray(predictions).reshape(-1)
+    if task == "classification":
+        return string_profile([str(v.item() if hasattr(v, "item") else v) for v in values])
+    if task == "regression":
+        return numeric_profile(values.astype(np.float64))
+    return None

@@ -22,9 +22,6 @@ def read_metadata(path: Path) -> ModelMetadata:
 
 
 def score_model(path: Path, source: str, target: str | None = None) -> dict[str, Any]:
-    import onnxruntime as ort
-    import pandas as pd
-
     metadata = read_metadata(path)
     if not metadata.features or metadata.task is None:
         raise DataError(f"{path} has no feature/task metadata; was it exported by 'python -m cloud train'?")
@@ -38,6 +35,20 @@ def score_model(path: Path, source: str, target: str | None = None) -> dict[str,
         raise DataError(f"target column {target!r} not in {source}")
     if target is not None:
         frame = frame[frame[target].notna()].reset_index(drop=True)
+    features = feature_frame(frame, metadata)
+    outputs = run_onnx(path, features, metadata)
+    result: dict[str, Any] = {"model": metadata.name, "version": metadata.version, "rows": len(features)}
+    if target is None:
+        labels, counts = np.unique(np.asarray(outputs[0]).reshape(-1), return_counts=True)
+        result["predicted"] = {str(k): int(v) for k, v in zip(labels, counts, strict=True)}
+        return result
+    return {**result, **_metrics(metadata, frame[target], outputs)}
+
+
+def feature_frame(frame: Any, metadata: ModelMetadata) -> Any:
+    """The model's feature columns as the device sends them: FP32 numbers (NaN missing), strings ("" missing)."""
+    import pandas as pd
+
     columns = {}
     for feature in metadata.features:
         column = frame[feature.name]
@@ -45,15 +56,22 @@ def score_model(path: Path, source: str, target: str | None = None) -> dict[str,
             columns[feature.name] = pd.to_numeric(column, errors="coerce").astype(np.float32)
         else:
             columns[feature.name] = column.map(lambda v: MISSING_STRING if pd.isna(v) else str(v))
-    features = pd.DataFrame(columns)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, onnx_inputs(features, metadata.features))
-    result: dict[str, Any] = {"model": metadata.name, "version": metadata.version, "rows": len(features)}
-    if target is None:
-        labels, counts = np.unique(np.asarray(outputs[0]).reshape(-1), return_counts=True)
-        result["predicted"] = {str(k): int(v) for k, v in zip(labels, counts, strict=True)}
-        return result
-    return {**result, **_metrics(metadata, frame[target], outputs)}
+    return pd.DataFrame(columns)
+
+
+def run_onnx(model: Path | bytes, features: Any, metadata: ModelMetadata) -> list[Any]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        model if isinstance(model, bytes) else str(model), providers=["CPUExecutionProvider"]
+    )
+    return list(session.run(None, onnx_inputs(features, metadata.features)))
+
+
+def score_frame(model: Path | bytes, metadata: ModelMetadata, frame: Any, target: str) -> dict[str, Any]:
+    """Metrics of an ONNX model (a file or its bytes) on a labelled table, with onnxruntime alone."""
+    features = feature_frame(frame, metadata)
+    return {"rows": len(features), **_metrics(metadata, frame[target], run_onnx(model, features, metadata))}
 
 
 def _metrics(metadata: ModelMetadata, truth: Any, outputs: list[Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from cloud.errors import ParityError, RegistryError, VersionTaken
 from cloud.export import pipeline_to_onnx
 from cloud.parity import TOLERANCE as PARITY_TOLERANCE
 from cloud.parity import ParityReport, check_parity
-from cloud.profile import training_profile
+from cloud.profile import prediction_profile, training_profile
 from cloud.registry import Registration, Registry, RegistryEntry, validate_name
 from cloud.report import comparison_table, write_report
 from cloud.training import Budget, TrainingRun, train_candidates
@@ -98,6 +98,10 @@ def export(run: TrainingRun, name: str, version: str, tolerance: float = PARITY_
     if dataset.task == "classification":
         labels = tuple(label.item() if hasattr(label, "item") else label for label in best.pipeline.classes_)
     scalar_metrics = {k: v for k, v in best.metrics.items() if isinstance(v, (int, float))}
+    profile = training_profile(run.x_train, dataset.schema)
+    predictions = prediction_profile(dataset.task, best.pipeline.predict(run.x_test))
+    if predictions is not None:
+        profile["predictions"] = predictions
     metadata = ModelMetadata(
         name=name,
         version=version,
@@ -105,7 +109,7 @@ def export(run: TrainingRun, name: str, version: str, tolerance: float = PARITY_
         features=dataset.schema,
         class_labels=labels,
         metrics={"algorithm": best.name, **scalar_metrics},
-        profile=training_profile(run.x_train, dataset.schema),
+        profile=profile,
         libraries=library_versions(),
         # The graph imputes numeric NaN (and one-hot ignores unseen or empty strings).
         allow_missing=True,

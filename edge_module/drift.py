@@ -100,15 +100,42 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((q - p) * np.log(q / p)))
 
 
+def baselines_from_profile(profile: Mapping[str, Any] | None) -> list[FeatureBaseline]:
+    """The usable per-feature baselines of a training profile (``edge.profile``), in the profile's order."""
+    features = profile.get("features", {}) if profile else {}
+    found = [baseline_from_profile(name, spec) for name, spec in features.items() if isinstance(spec, dict)]
+    return [b for b in found if b is not None]
+
+
+def feature_drift(baseline: FeatureBaseline, codes: np.ndarray) -> dict[str, float]:
+    """PSI and out-of-range share of one feature's live values, given as bin codes (``baseline.encode``).
+
+    The one implementation of the drift score: the edge's sliding window and ``python -m cloud monitor``
+    both call it, so a window of rows scores the same on the device and in the cloud.
+    """
+    k = baseline.bins
+    counts = np.bincount(codes, minlength=k + 3).astype(np.float64)
+    rows = counts.sum()
+    present = counts[: k + 2].sum()
+    outside = counts[k] + counts[k + 1]
+    # Out-of-range values count in the outermost bins for PSI; their share is reported apart.
+    actual = counts[:k].copy()
+    actual[0] += counts[k] if baseline.numeric else 0.0
+    actual[-1] += counts[k + 1]
+    score = psi(baseline.expected, actual / present) if present else 0.0
+    missing_share = counts[k + 2] / rows if rows else 0.0
+    if baseline.missing > 0 or missing_share > 0:
+        score += psi(np.array([baseline.missing, 1 - baseline.missing]), np.array([missing_share, 1 - missing_share]))
+    return {"psi": round(score, 4), "out_of_range": round(float(outside / present) if present else 0.0, 4)}
+
+
 class ModelDrift:
     """The sliding window of one model version's live inputs, as bin codes."""
 
     def __init__(self, model: OnnxModel, window: int) -> None:
         self.name = model.name
         self.version = model.version
-        profile = model.metadata.profile.get("features", {}) if model.metadata.profile else {}
-        baselines = [baseline_from_profile(name, spec) for name, spec in profile.items() if isinstance(spec, dict)]
-        candidates = [b for b in baselines if b is not None]
+        candidates = baselines_from_profile(model.metadata.profile)
         layout = column_layout(model, [b.name for b in candidates]) if candidates else None
         self.baselines = candidates if layout else []
         self.needed, self.columns = layout or ((), lambda arrays: [])
@@ -175,24 +202,7 @@ class ModelDrift:
         if rows:
             window = self.window[:rows]
             for index, baseline in enumerate(self.baselines):
-                k = baseline.bins
-                counts = np.bincount(window[:, index], minlength=k + 3).astype(np.float64)
-                present = counts[: k + 2].sum()
-                outside = counts[k] + counts[k + 1]
-                # Out-of-range values count in the outermost bins for PSI; their share is reported apart.
-                actual = counts[:k].copy()
-                actual[0] += counts[k] if baseline.numeric else 0.0
-                actual[-1] += counts[k + 1]
-                score = psi(baseline.expected, actual / present) if present else 0.0
-                missing_share = counts[k + 2] / rows
-                if baseline.missing > 0 or missing_share > 0:
-                    score += psi(
-                        np.array([baseline.missing, 1 - baseline.missing]), np.array([missing_share, 1 - missing_share])
-                    )
-                features[baseline.name] = {
-                    "psi": round(score, 4),
-                    "out_of_range": round(float(outside / present) if present else 0.0, 4),
-                }
+                features[baseline.name] = feature_drift(baseline, window[:, index])
         scores = [f["psi"] for f in features.values()]
         worst = max(scores) if scores else 0.0
         top = max(features, key=lambda f: features[f]["psi"]) if features else None
