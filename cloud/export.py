@@ -29,6 +29,14 @@ def to_onnx_single_tensor(estimator: Any, n_features: int, metadata: ModelMetada
 
 
 def with_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> bytes:
+    # skl2onnx lists the opset domains in no fixed order (it varies between processes), and the same model must
+    # give the same bytes every time: registration is idempotent by sha256.
+    opsets = sorted((entry.domain, entry.version) for entry in model.opset_import)
+    del model.opset_import[:]
+    for domain, version in opsets:
+        entry = model.opset_import.add()
+        entry.domain = domain
+        entry.version = version
     del model.metadata_props[:]
     for key, value in sorted(metadata.to_props().items()):
         entry = model.metadata_props.add()

@@ -274,3 +274,22 @@ def test_retraining_on_the_same_data_registers_nothing_and_new_data_gets_the_nex
     assert registry.get("sensors", alias="production").version == "3"
     lineage = registry.get("sensors", "3").metadata["lineage"]
     assert lineage["dataset"] == str(data_a) and lineage["training"]["seed"] == 0
+
+
+def test_the_opset_domains_are_written_in_one_order_whatever_order_the_converter_gives() -> None:
+    """skl2onnx lists opset domains in an order that varies between processes; the bytes must not."""
+    from cloud.export import with_metadata
+    from tests.support.models import iris_classifier
+
+    model = onnx.load_from_string(iris_classifier().onnx)
+    metadata = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
+    assert len({entry.domain for entry in model.opset_import}) >= 2
+    reversed_order = onnx.ModelProto()
+    reversed_order.CopyFrom(model)
+    entries = [(entry.domain, entry.version) for entry in model.opset_import][::-1]
+    del reversed_order.opset_import[:]
+    for domain, version in entries:
+        added = reversed_order.opset_import.add()
+        added.domain, added.version = domain, version
+    assert reversed_order.SerializeToString() != model.SerializeToString()
+    assert with_metadata(reversed_order, metadata) == with_metadata(model, metadata)
