@@ -36,7 +36,7 @@ def download(source: str, credential: Any = None) -> bytes:
     raise DataError(f"unsupported data URL {source}: use a file path, sklearn:<name>, azureml:// or a Blob URL")
 
 
-def _credential(credential: Any) -> Any:
+def credential_or_default(credential: Any) -> Any:
     if credential is not None:
         return credential
     from azure.identity import DefaultAzureCredential
@@ -48,27 +48,35 @@ def _download_blob_url(url: str, credential: Any) -> bytes:
     from azure.storage.blob import BlobClient
 
     has_sas = "sig=" in (urlparse(url).query or "")
-    client = BlobClient.from_blob_url(url, credential=None if has_sas else _credential(credential))
+    client = BlobClient.from_blob_url(url, credential=None if has_sas else credential_or_default(credential))
     return bytes(client.download_blob().readall())
 
 
-def _download_datastore(uri: str, credential: Any) -> bytes:
-    from azure.storage.blob import BlobClient
-
+def resolve_datastore(uri: str, credential: Any) -> tuple[str, str, str, Any]:
+    """(account URL, container, path inside it, credential) of an ``azureml://`` datastore URI. The workspace is
+    the URI's when it names one, else the ``AZUREML_*`` settings'."""
     from cloud.azureml import AzureWorkspace, ml_client, workspace_from_environment
 
     parts = parse_azureml_uri(uri)
-    workspace = workspace_from_environment()
     if parts["sub"]:
         workspace = AzureWorkspace(
             subscription_id=str(parts["sub"]), resource_group=str(parts["rg"]), workspace=str(parts["ws"])
         )
-    credential = _credential(credential)
+    else:
+        workspace = workspace_from_environment()
+    credential = credential_or_default(credential)
     datastore = ml_client(workspace, credential).datastores.get(str(parts["datastore"]))
     account = getattr(datastore, "account_name", None)
     container = getattr(datastore, "container_name", None)
     if not account or not container:
         raise DataError(f"datastore {parts['datastore']} is not an Azure Blob datastore")
     endpoint = getattr(datastore, "endpoint", None) or "core.windows.net"
-    blob = BlobClient(f"https://{account}.blob.{endpoint}", container, str(parts["path"]), credential=credential)
+    return f"https://{account}.blob.{endpoint}", str(container), str(parts["path"]), credential
+
+
+def _download_datastore(uri: str, credential: Any) -> bytes:
+    from azure.storage.blob import BlobClient
+
+    account_url, container, path, credential = resolve_datastore(uri, credential)
+    blob = BlobClient(account_url, container, path, credential=credential)
     return bytes(blob.download_blob().readall())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from cloud.azure_data import credential_or_default
 from cloud.errors import DataError
 
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
@@ -89,7 +90,7 @@ def _az_files(source: str, credential: Any) -> Iterator[CaptureFile]:
         account_url = os.environ.get(ACCOUNT_URL_ENV)
         if not account_url:
             raise DataError(f"{source}: set {CONNECTION_STRING_ENV}, or {ACCOUNT_URL_ENV} to sign in with Entra ID")
-        container = ContainerClient(account_url, parsed.netloc, credential=_credential(credential))
+        container = ContainerClient(account_url, parsed.netloc, credential=credential_or_default(credential))
     yield from _container_files(container, parsed.path.lstrip("/"), source)
 
 
@@ -110,7 +111,7 @@ def _container_url_files(source: str, credential: Any) -> Iterator[CaptureFile]:
     prefix = "/".join(segments[skip:])
     container_url = f"{parsed.scheme}://{parsed.netloc}/{base}" + (f"?{parsed.query}" if parsed.query else "")
     container = ContainerClient.from_container_url(
-        container_url, credential=None if has_sas else _credential(credential)
+        container_url, credential=None if has_sas else credential_or_default(credential)
     )
     yield from _container_files(container, prefix, redacted(source))
 
@@ -118,24 +119,11 @@ def _container_url_files(source: str, credential: Any) -> Iterator[CaptureFile]:
 def _datastore_files(source: str, credential: Any) -> Iterator[CaptureFile]:
     from azure.storage.blob import ContainerClient
 
-    from cloud.azure_data import parse_azureml_uri
-    from cloud.azureml import AzureWorkspace, ml_client, workspace_from_environment
+    from cloud.azure_data import resolve_datastore
 
-    parts = parse_azureml_uri(source)
-    workspace = workspace_from_environment() if not parts["sub"] else None
-    if workspace is None:
-        workspace = AzureWorkspace(
-            subscription_id=str(parts["sub"]), resource_group=str(parts["rg"]), workspace=str(parts["ws"])
-        )
-    credential = _credential(credential)
-    datastore = ml_client(workspace, credential).datastores.get(str(parts["datastore"]))
-    account = getattr(datastore, "account_name", None)
-    container_name = getattr(datastore, "container_name", None)
-    if not account or not container_name:
-        raise DataError(f"datastore {parts['datastore']} is not an Azure Blob datastore")
-    endpoint = getattr(datastore, "endpoint", None) or "core.windows.net"
-    container = ContainerClient(f"https://{account}.blob.{endpoint}", container_name, credential=credential)
-    yield from _container_files(container, str(parts["path"]), source)
+    account_url, container_name, path, credential = resolve_datastore(source, credential_or_default(credential))
+    container = ContainerClient(account_url, container_name, credential=credential)
+    yield from _container_files(container, path, source)
 
 
 def _container_files(container: Any, prefix: str, source: str) -> Iterator[CaptureFile]:
@@ -149,14 +137,6 @@ def _container_files(container: Any, prefix: str, source: str) -> Iterator[Captu
         raise DataError(f"{source}: the container or a blob does not exist ({_first_line(error)})") from error
     except AzureError as error:
         raise DataError(f"{source}: cannot read from Azure Storage: {_first_line(error)}") from error
-
-
-def _credential(credential: Any) -> Any:
-    if credential is not None:
-        return credential
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential()
 
 
 def _first_line(error: Exception) -> str:
