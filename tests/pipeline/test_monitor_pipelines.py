@@ -1,12 +1,12 @@
 """The scheduled data-loop pipelines (.github/workflows/monitor.yml, azure-pipelines-monitor.yml): every
 `python -m cloud` call exists and accepts its flags, both run the same commands on a schedule, secrets come from
 the secret stores, and the monitor and retrain steps' shell, run as written with the real CLI, turn the exit
-codes into the path: monitor 10 -> retrain, 0 -> stop, else fail; retrain 0 -> release, 11 -> stop, else fail."""
+codes into the path: monitor 10 -> retrain, 0 -> stop, else fail; retrain 0 -> plan the challenger's rollout,
+11 -> stop, else fail. After retrain, the path is mlops.yml's: plan, release, canary, fleet, `rollout promote`."""
 
 from __future__ import annotations
 
-import contextlib
-import io
+import json
 import os
 import re
 import shlex
@@ -14,84 +14,84 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
-from cloud.__main__ import build_parser
 from cloud.registry import LocalRegistry
+from tests.pipeline.workflow_files import parse, pipeline_calls, script_with, step_names
 from tests.support.data_loop import records_for, register_cancer, segments, shifted, trained_cancer, write_labels
 
 REPO = Path(__file__).resolve().parents[2]
 AZURE = REPO / "azure-pipelines-monitor.yml"
 GITHUB = REPO / ".github" / "workflows" / "monitor.yml"
+MLOPS_AZURE = REPO / "azure-pipelines.yml"
+MLOPS_GITHUB = REPO / ".github" / "workflows" / "mlops.yml"
+# monitor, retrain (the challenger gets the alias `challenger`), then mlops.yml's rollout path: plan, release,
+# canary ring, fleet ring, record production.
 SEQUENCE = [
     ("monitor", None),
     ("retrain", None),
+    ("rollout", "plan"),
     ("release", None),
-    ("deploy", "layered"),
-    ("fleet", "status"),
-    ("deploy", "layered"),
+    ("rollout", "deploy"),
+    ("rollout", "deploy"),
+    ("rollout", "promote"),
 ]
-SECRETS = ["IOTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING", "CLOUD_SIGNING_KEY_PASSPHRASE"]
-
-
-def shell_scripts(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        found = []
-        for key, value in node.items():
-            if key in ("run", "bash", "script") and isinstance(value, str):
-                found.append(value)
-            else:
-                found.extend(shell_scripts(value))
-        return found
-    if isinstance(node, list):
-        return [script for item in node for script in shell_scripts(item)]
-    return []
-
-
-def cloud_calls(script: str) -> list[list[str]]:
-    calls = []
-    for line in script.replace("\\\n", " ").splitlines():
-        for match in re.finditer(r"python -m cloud (.*)", line):
-            command = re.split(r"\s(?:>|\||;|&&|\|\|)\s?|;", match.group(1), maxsplit=1)[0]
-            calls.append(shlex.split(command))
-    return calls
-
-
-def calls_of(path: Path) -> list[list[str]]:
-    return [call for script in shell_scripts(yaml.safe_load(path.read_text())) for call in cloud_calls(script)]
-
-
-def script_with(path: Path, command: str) -> str:
-    (script,) = [s for s in shell_scripts(yaml.safe_load(path.read_text())) if f"python -m cloud {command} " in s]
-    return script
+STEPS = ["monitor", "labels", "retrain", "plan", "release", "deploy canary", "deploy fleet", "record production"]
+PLUMBING = {"setup", "collect the release", "nothing to deploy"}
+SECRETS = [
+    "IOTHUB_CONNECTION_STRING",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "CLOUD_SIGNING_KEY_PASSPHRASE",
+    "AZURE_CLIENT_SECRET",
+]
 
 
 @pytest.mark.parametrize("path", [AZURE, GITHUB], ids=lambda p: p.name)
 def test_every_cloud_command_exists_and_accepts_its_flags(path: Path) -> None:
     sequence = []
-    for call in calls_of(path):
-        stderr = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(stderr):
-                args = build_parser().parse_args(call)
-        except SystemExit:
-            pytest.fail(f"`python -m cloud {shlex.join(call)}` is refused: {stderr.getvalue().strip()}")
+    for call in pipeline_calls(path):
+        args = parse(call)
         sequence.append((args.command, getattr(args, "action", None)))
     assert sequence == SEQUENCE
+    (retrain,) = [call for call in pipeline_calls(path) if call[0] == "retrain"]
+    assert parse(retrain).alias == "challenger"  # production moves only through `rollout promote`
 
 
 def test_both_run_the_same_commands_on_a_schedule_only() -> None:
-    assert calls_of(AZURE) == calls_of(GITHUB)
+    assert pipeline_calls(AZURE) == pipeline_calls(GITHUB)
     github = yaml.safe_load(GITHUB.read_text())
     triggers = github[True]  # YAML 1.1 reads the key `on` as True
     assert set(triggers) == {"schedule", "workflow_dispatch"} and triggers["schedule"][0]["cron"]
     azure = yaml.safe_load(AZURE.read_text())
     assert azure["trigger"] == "none" and azure["pr"] == "none" and azure["schedules"][0]["always"] is True
-    assert [s["stage"] for s in azure["stages"]] == ["monitor", "retrain", "release", "canary", "fleet"]
-    assert list(github["jobs"]) == ["monitor", "retrain", "release", "canary", "fleet"]
+    assert [s["stage"] for s in azure["stages"]] == ["monitor", "retrain", "canary", "fleet"]
+    assert list(github["jobs"]) == ["monitor", "retrain", "canary", "fleet"]
+    assert [name for name in step_names(azure) if name not in PLUMBING] == STEPS
+    assert [name for name in step_names(github) if name not in PLUMBING] == STEPS
+
+
+def test_the_rings_are_those_of_the_mlops_pipelines() -> None:
+    """The canary and fleet rings (deploy, wait, record production) are mlops.yml's and azure-pipelines.yml's,
+    only started by the retrain job instead of the build job."""
+    github, mlops_github = (yaml.safe_load(p.read_text())["jobs"] for p in (GITHUB, MLOPS_GITHUB))
+    assert github["canary"] == {**mlops_github["canary"], "needs": "retrain",
+                                "if": "needs.retrain.outputs.deploy == 'true'"}  # fmt: skip
+    assert github["fleet"] == mlops_github["fleet"]
+    assert github["retrain"]["outputs"] == {"deploy": "${{ steps.plan.outputs.deploy }}"}
+    azure, mlops_azure = (
+        {s["stage"]: s for s in yaml.safe_load(p.read_text())["stages"]} for p in (AZURE, MLOPS_AZURE)
+    )
+    condition = "and(succeeded(), eq(dependencies.retrain.outputs['retrain.plan.deploy'], 'true'))"
+    assert azure["canary"] == {**mlops_azure["canary"], "dependsOn": "retrain", "condition": condition}
+    assert azure["fleet"] == mlops_azure["fleet"]
+    for path, name in ((GITHUB, "monitor.yml"), (MLOPS_GITHUB, "mlops.yml")):
+        assert yaml.safe_load(path.read_text())["env"]["CLOUD_REGISTRY"] == "azureml:", name
+    for path in (AZURE, MLOPS_AZURE):
+        variables = {v.get("name"): v.get("value") for v in yaml.safe_load(path.read_text())["variables"]}
+        assert variables["CLOUD_REGISTRY"] == "azureml:" and variables["RING_TIMEOUT"] == "1800", path.name
 
 
 @pytest.mark.parametrize("path", [AZURE, GITHUB], ids=lambda p: p.name)
@@ -164,6 +164,25 @@ def test_the_monitor_and_retrain_steps_turn_exit_codes_into_the_path(path: Path,
     records = records_for(shifted(trained_cancer().x_test), start=start, prefix="m")
     write_labels(tmp_path / "labels.csv", records, [r["outputs"]["label"] for r in records])
     code, output = run_step(retrain, tmp_path, {**env, "CAPTURE_SOURCE": str(moved)})
-    assert code == 0 and verdict(output, "promoted") == "false", output
+    assert code == 0 and verdict(output, "better") == "false", output
     assert "the challenger is not better" in output
     assert registry.get("cancer", alias="production").version == "1"
+
+    # Labels of a changed concept make a better challenger: registered under `challenger`, production untouched,
+    # and the plan step reads its version from retrain.json and sees something to deploy.
+    production = shifted(trained_cancer().frame.drop(columns="target"))
+    records = records_for(production, start=start, prefix="n", per_request=4)
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for index, message in enumerate(segments(records)):
+        (changed / f"capture-{index:012d}.jsonl").write_bytes(message.body)
+    radius = production["mean radius"].to_numpy()
+    write_labels(tmp_path / "labels.csv", records, [int(v) for v in radius > np.median(radius)])
+    code, output = run_step(retrain, tmp_path, {**env, "CAPTURE_SOURCE": str(changed)})
+    assert code == 0 and verdict(output, "better") == "true", output
+    challenger = registry.get("cancer", alias="challenger")
+    assert challenger.version != "1" and registry.get("cancer", alias="production").version == "1"
+    code, output = run_step(script_with(path, "rollout plan"), tmp_path, env)
+    assert code == 0 and verdict(output, "deploy") == "true", output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["candidate"]["version"] == challenger.version and plan["production"]["version"] == "1"

@@ -3,12 +3,9 @@ the same sequence, secrets come from the CI's secret stores, and the local run g
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +15,7 @@ import pytest
 import yaml
 from sklearn.datasets import load_wine
 
-from cloud.__main__ import build_parser
+from tests.pipeline.workflow_files import parse, pipeline_calls, shell_scripts, step_names
 from tests.support.azureml_fake import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,59 +51,6 @@ SECRETS = [
     "CLOUD_SIGNING_KEY_PASSPHRASE",
     "AZURE_CLIENT_SECRET",
 ]
-
-
-def shell_scripts(node: Any) -> list[str]:
-    """Every shell body in a pipeline file, in order (GitHub `run`, Azure Pipelines `bash`/`script`)."""
-    if isinstance(node, dict):
-        found = []
-        for key, value in node.items():
-            if key in ("run", "bash", "script") and isinstance(value, str):
-                found.append(value)
-            else:
-                found.extend(shell_scripts(value))
-        return found
-    if isinstance(node, list):
-        return [script for item in node for script in shell_scripts(item)]
-    return []
-
-
-def step_names(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        own = [node[key] for key in ("name", "displayName") if isinstance(node.get(key), str) and "run" in node]
-        own += [node["displayName"]] if "bash" in node and isinstance(node.get("displayName"), str) else []
-        return own + [name for value in node.values() for name in step_names(value)]
-    if isinstance(node, list):
-        return [name for item in node for name in step_names(item)]
-    return []
-
-
-def cloud_calls(script: str) -> list[list[str]]:
-    """The argument lists of every `python -m cloud ...` in a shell script (up to a redirect, pipe or `;`)."""
-    calls = []
-    for line in script.replace("\\\n", " ").splitlines():
-        for match in re.finditer(r"python -m cloud (.*)", line):
-            command = re.split(r"\s(?:>|\||;|&&)\s?|;", match.group(1), maxsplit=1)[0]
-            calls.append(shlex.split(command))
-    return calls
-
-
-def pipeline_calls(path: Path) -> list[list[str]]:
-    scripts = shell_scripts(yaml.safe_load(path.read_text())) if path.suffix == ".yml" else [path.read_text()]
-    return [call for script in scripts for call in cloud_calls(script)]
-
-
-# Numeric options come from pipeline variables; argparse checks them with a value of the variable's kind.
-NUMERIC_VARIABLES = {"$RING_TIMEOUT": "1800", "$RING_POLL": "30"}
-
-
-def parse(call: list[str]) -> Any:
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr):
-            return build_parser().parse_args([NUMERIC_VARIABLES.get(arg, arg) for arg in call])
-    except SystemExit:
-        pytest.fail(f"`python -m cloud {shlex.join(call)}` is refused by the CLI: {stderr.getvalue().strip()}")
 
 
 @pytest.mark.parametrize("path", [AZURE, GITHUB, LOCAL], ids=lambda p: p.name)
