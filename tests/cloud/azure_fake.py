@@ -242,9 +242,9 @@ def fake_azure(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzure]:
     assert attempts == [], f"outside connections were attempted: {attempts}"
 
 
-def datastore_body() -> dict[str, Any]:
+def datastore_body(workspace_path: str = WORKSPACE_PATH) -> dict[str, Any]:
     return {
-        "id": f"{WORKSPACE_PATH}/datastores/workspaceblobstore",
+        "id": f"{workspace_path}/datastores/workspaceblobstore",
         "name": "workspaceblobstore",
         "type": "Microsoft.MachineLearningServices/workspaces/datastores",
         "properties": {

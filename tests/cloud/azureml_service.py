@@ -43,7 +43,7 @@ from xml.sax.saxutils import escape
 
 import requests
 
-from tests.cloud.azure_fake import ACCOUNT, CONTAINER, FakeAzure, Recorded, Reply
+from tests.cloud.azure_fake import ACCOUNT, CONTAINER, FakeAzure, Recorded, Reply, datastore_body
 
 PAGE_SIZE = 2
 MAX_ITEMS = 50
@@ -188,20 +188,7 @@ class AzureMLService:
         workspace = self._match(request, r"/datastores/").group(0).removesuffix("/datastores/")
         return (
             200,
-            {
-                "id": f"{workspace}/datastores/workspaceblobstore",
-                "name": "workspaceblobstore",
-                "type": "Microsoft.MachineLearningServices/workspaces/datastores",
-                "properties": {
-                    "datastoreType": "AzureBlob",
-                    "accountName": ACCOUNT,
-                    "containerName": CONTAINER,
-                    "endpoint": "core.windows.net",
-                    "protocol": "https",
-                    "isDefault": True,
-                    "credentials": {"credentialsType": "AccountKey"},
-                },
-            },
+            datastore_body(workspace),
             {},
         )
 

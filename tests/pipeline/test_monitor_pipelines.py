@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from cloud.registry import LocalRegistry
-from tests.pipeline.workflow_files import parse, pipeline_calls, script_with, step_names
+from tests.pipeline.workflow_files import assert_secrets_from_the_store, parse, pipeline_calls, script_with, step_names
 from tests.support.data_loop import records_for, register_cancer, segments, shifted, trained_cancer, write_labels
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,12 +96,7 @@ def test_the_rings_are_those_of_the_mlops_pipelines() -> None:
 
 @pytest.mark.parametrize("path", [AZURE, GITHUB], ids=lambda p: p.name)
 def test_secrets_come_from_the_ci_secret_store(path: Path) -> None:
-    text = path.read_text()
-    assert not re.search(r"SharedAccessKey=|AccountKey=|BEGIN [A-Z ]*PRIVATE KEY|[?&]sig=", text)
-    for name in SECRETS:
-        sources = re.findall(rf"^\s*{name}: (.+)$", text, re.MULTILINE)
-        assert sources, f"{name} is not passed to any step of {path.name}"
-        assert set(sources) <= {f"${{{{ secrets.{name} }}}}", f"$({name})"}, sources
+    assert_secrets_from_the_store(path, SECRETS)
 
 
 def run_step(script: str, workdir: Path, env: dict[str, str]) -> tuple[int, str]:

@@ -73,3 +73,14 @@ def script_with(path: Path, command: str) -> str:
     """The one shell body of a pipeline file that runs `python -m cloud <command> ...`."""
     (script,) = [s for s in shell_scripts(yaml.safe_load(path.read_text())) if f"python -m cloud {command} " in s]
     return script
+
+
+def assert_secrets_from_the_store(path: Path, secrets: list[str]) -> None:
+    """No secret literal in the file, and each secret reaches its steps only from the CI's secret store."""
+    text = path.read_text()
+    assert not re.search(r"SharedAccessKey=|AccountKey=|BEGIN [A-Z ]*PRIVATE KEY|[?&]sig=", text)
+    for name in secrets:
+        sources = re.findall(rf"^\s*{name}: (.+)$", text, re.MULTILINE)
+        assert sources, f"{name} is not passed to any step of {path.name}"
+        allowed = {f"${{{{ secrets.{name} }}}}", f"$({name})"}
+        assert set(sources) <= allowed, sources
