@@ -15,6 +15,7 @@ from edge_module.dataplane import DataPlane
 from edge_module.errors import EdgeError
 from edge_module.manager import ModelManager
 from edge_module.observability import Observability, ObservedModelManager
+from edge_module.probation import ProbationPolicy
 from edge_module.repository import ModelRepository
 from edge_module.rest import create_app
 from edge_module.rest.infer import ASGIApp
@@ -89,9 +90,22 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
     config = SessionConfig(
         intra_op_threads=settings.ort_intra_op_threads, inline_threshold_ms=settings.inline_threshold_ms
     )
-    manager = ObservedModelManager(store, repository, config, settings.max_model_bytes, settings.vet_models)
+    probation = ProbationPolicy(
+        requests=settings.probation_requests,
+        seconds=settings.probation_seconds,
+        max_failure_rate=settings.probation_max_failure_rate,
+        max_latency_ratio=settings.probation_max_latency_ratio,
+        latency_slack_ms=settings.probation_latency_slack_ms,
+        min_requests=settings.probation_min_requests,
+    )
+    manager = ObservedModelManager(
+        store, repository, config, settings.max_model_bytes, settings.vet_models, probation=probation
+    )
     batching = BatchPolicy(max_size=settings.batch_max_size, max_delay_ms=settings.batch_max_delay_ms)
     dataplane = DataPlane(repository, stats, settings.inference_workers, batching)
+    if probation.enabled:
+        dataplane.observers.append(manager.guard.observe)
+        dataplane.failure_observers.append(manager.guard.observe_failure)
     observability = Observability(settings, dataplane, manager)
     app = create_app(
         dataplane,

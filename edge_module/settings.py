@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     # Vet every new model in a child process first, so a file that crashes onnxruntime cannot take serving down.
     vet_models: bool = True
     keep_versions: int = Field(default=2, ge=1, le=16)
+    # Post-swap probation (docs/reliability.md): a new version is watched for this many requests or seconds,
+    # whichever comes first (0 = no bound of that kind; both 0 = off), and swapped back if its runtime failure
+    # rate, or its p99 latency against the version it replaced, passes these limits.
+    probation_requests: int = Field(default=1000, ge=0)
+    probation_seconds: float = Field(default=300.0, ge=0)
+    probation_max_failure_rate: float = Field(default=0.05, ge=0, le=1)
+    probation_max_latency_ratio: float = Field(default=3.0, gt=1)
+    probation_latency_slack_ms: float = Field(default=1.0, ge=0)
+    probation_min_requests: int = Field(default=50, ge=1)
 
     # onnxruntime threads per session; 1 suits small models on a shared 2-core box.
     ort_intra_op_threads: int = Field(default=1, ge=0)
