@@ -55,7 +55,7 @@ class ModelManager:
         self.guard.on_failed = self._probation_failed
         # Called with (name, version, reason) after a version was rolled back because it failed probation.
         self.rejection_listeners: list[Callable[[str, str, str], None]] = []
-        self._rejections: set[asyncio.Task[None]] = set()
+        self._rejections: set[asyncio.Task[Any]] = set()
 
     def close(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)
@@ -186,10 +186,16 @@ class ModelManager:
         return LoadReport(name, model.version, model.sha256, model.service_time_ms, 0.0)
 
     def _probation_failed(self, probation: Probation) -> None:
-        why = probation.reason or f"{probation.signal} past its limit"
-        task = asyncio.get_running_loop().create_task(self.reject(probation.name, probation.version, why))
+        task = asyncio.get_running_loop().create_task(self._roll_back(probation))
         self._rejections.add(task)
         task.add_done_callback(self._rejections.discard)
+
+    async def _roll_back(self, probation: Probation) -> None:
+        why = probation.reason or f"{probation.signal} past its limit"
+        try:
+            await self.reject(probation.name, probation.version, why)
+        finally:
+            self.guard.rolled_back(probation)
 
     async def reject(self, name: str, version: str, why: str) -> LoadReport | None:
         """Swap the active ``version`` back to the previous one, unload it, and remember its release as rejected.

@@ -94,7 +94,7 @@ class Probation:
     baseline_p99_ns: float | None
     started: float
     since: str = field(default_factory=_utc_now)
-    state: str = "running"  # then "passed" or "rolledBack"
+    state: str = "running"  # then "passed", or "rollingBack" and "rolledBack"
     requests: int = 0
     failures: int = 0
     signal: str | None = None
@@ -157,7 +157,8 @@ class ProbationGuard:
         if probation is not None and probation.version == model.version:
             probation.requests += 1
             probation.window.add(total_ns)
-            self._judge(probation)
+            if probation.state == "running":
+                self._judge(probation)
             return
         baseline = self._baselines.get(name)
         if baseline is None or baseline.version != model.version:
@@ -171,7 +172,8 @@ class ProbationGuard:
         if probation is not None and probation.version == model.version:
             probation.requests += 1
             probation.failures += 1
-            self._judge(probation)
+            if probation.state == "running":
+                self._judge(probation)
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -260,18 +262,26 @@ class ProbationGuard:
             self._end(probation, "passed")
 
     def _fail(self, probation: Probation, signal: str, reason: str) -> None:
-        probation.signal, probation.reason = signal, reason
-        self._end(probation, "rolledBack")
+        # "rollingBack" until the manager has swapped: requests the version still answers meanwhile are
+        # counted, so the reported figures hold every failure clients saw.
+        probation.signal, probation.reason, probation.state = signal, reason, "rollingBack"
+        self._cancel_timer(probation.name)
         key = (probation.name, signal)
         self.rollbacks[key] = self.rollbacks.get(key, 0) + 1
         log.error("model %s version %s failed probation: %s", probation.name, probation.version, reason)
+        self._tell(probation)
         if self.on_failed is not None:
             self.on_failed(probation)
 
+    def rolled_back(self, probation: Probation) -> None:
+        """The manager swapped ``probation``'s version out (or found it already gone)."""
+        self._end(probation, "rolledBack")
+
     def _end(self, probation: Probation, state: str) -> None:
         probation.state, probation.ended_at = state, _utc_now()
-        self._running.pop(probation.name, None)
-        self._cancel_timer(probation.name)
+        if self._running.get(probation.name) is probation:
+            del self._running[probation.name]
+            self._cancel_timer(probation.name)
         if state == "passed":
             # Its probation samples seed the baseline the next swap is judged against.
             self._baselines[probation.name] = probation.window
