@@ -77,7 +77,8 @@ def _model(version: str, body: list[onnx.NodeProto], initializers: list[onnx.Ten
     for key, value in metadata.to_props().items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    serialized: bytes = model.SerializeToString()
+    return serialized
 
 
 @functools.cache
