@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ PROBATION: dict[str, Any] = {
     "probation_min_requests": 50,
     "probation_max_failure_rate": 0.05,
 }
+log = logging.getLogger(__name__)
 BOUND = 2000  # requests any one phase may send at most
 
 
@@ -90,6 +93,7 @@ async def test_a_version_failing_on_live_inputs_is_rolled_back(model_dir: Path) 
     async with running_module(model_dir, **PROBATION) as (module, client):
         traffic = await _serve_v1_with_baseline(module, client)
         await _load(client, failing_on_long_sepals("2"), "2")
+        started = time.monotonic()
         probation = module.manager.guard.latest["iris"]
         assert (probation.version, probation.previous_version, probation.state) == ("2", "1", "running")
         assert probation.baseline_p99_ns is not None
@@ -105,6 +109,12 @@ async def test_a_version_failing_on_live_inputs_is_rolled_back(model_dir: Path) 
                 assert wrong.status_code == 400
                 bad_shape += 1
         assert _active(module) == "1" and probation.state == "rolledBack"
+        log.info(
+            "probation (failures): rolled back after %d requests, %.2f s; %s",
+            len(traffic.results) - start,
+            time.monotonic() - started,
+            probation.reason,
+        )
         after_swap = [await traffic.send() for _ in range(150)]
 
         during = traffic.results[start:]
@@ -143,8 +153,14 @@ async def test_a_version_much_slower_than_its_predecessor_is_rolled_back(model_d
         traffic = await _serve_v1_with_baseline(module, client)
         await _load(client, slow_iris("2"), "2")
         probation = module.manager.guard.latest["iris"]
-        start = len(traffic.results)
+        start, started = len(traffic.results), time.monotonic()
         await traffic.until(lambda: probation.state == "rolledBack" and _active(module) == "1", bound=400)
+        log.info(
+            "probation (latency): rolled back after %d requests, %.2f s; %s",
+            len(traffic.results) - start,
+            time.monotonic() - started,
+            probation.reason,
+        )
 
         assert probation.signal == "latency", probation.reason
         assert probation.failures == 0
