@@ -23,6 +23,7 @@ from edge_module.runtime import SessionConfig
 from edge_module.settings import Settings
 from edge_module.stats import InferenceStats
 from edge_module.store import ModelStore
+from edge_module.tls import LiveTLS
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class EdgeModule:
     manager: ModelManager
     app: ASGIApp
     observability: Observability
+    # The live SSL context when EDGE_TLS is not off; its first certificate comes in server.serve.
+    tls: LiveTLS | None = None
     extra_models: dict[str, Path] = field(default_factory=dict)
     startup_errors: dict[str, str] = field(default_factory=dict)
     # Set once start() has served what it could; the twin applies desired releases only after it.
@@ -107,6 +110,7 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
         dataplane.observers.append(manager.guard.observe)
         dataplane.failure_observers.append(manager.guard.observe_failure)
     observability = Observability(settings, dataplane, manager)
+    tls = LiveTLS() if settings.tls_mode != "off" else None
     app = create_app(
         dataplane,
         manager,
@@ -115,6 +119,7 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
         admin_token=settings.admin_token,
         api_token=settings.api_token,
         observability=observability,
+        trust_bundle=(lambda: tls.trust_bundle) if tls is not None else (lambda: None),
     )
     return EdgeModule(
         settings=settings,
@@ -125,5 +130,6 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
         manager=manager,
         app=app,
         observability=observability,
+        tls=tls,
         extra_models=dict(extra_models or {}),
     )
