@@ -113,6 +113,13 @@ def test_the_module_serves_https_with_a_certificate_from_the_workload_api(gatewa
     assert leaf.subject.rfc4514_string() == f"CN={GATEWAY_HOSTNAME}"
     assert leaf.issuer == x509.load_pem_x509_certificate(edge.workload.ca_pem.encode()).subject
 
+    # The image's HEALTHCHECK command probes over HTTPS when TLS is on.
+    probe_env = {"PATH": "/usr/bin:/bin", "EDGE_TLS": "workload", "EDGE_PORT": str(edge.module.port)}
+    probe = [sys.executable, "-m", "edge_module.healthcheck"]
+    assert subprocess.run(probe, env=probe_env, capture_output=True, timeout=30).returncode == 0
+    plain = subprocess.run(probe, env={**probe_env, "EDGE_TLS": "off"}, capture_output=True, timeout=30)
+    assert plain.returncode == 1
+
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{url}/v2/health/live")  # the system's CAs do not know the device CA
     with pytest.raises(httpx.HTTPError):
