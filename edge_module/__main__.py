@@ -60,8 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         services = (iot_edge_service,)
     else:
         logging.getLogger("edge_module").info("no IoT Edge environment: standalone mode, no twin")
-    run(settings, dict(args.model), services)
-    return 0
+    return run(settings, dict(args.model), services)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ _TRITON_TYPES = {
 
 # (model, inputs, results, queue_ns, compute_ns, total_ns, correlation_id) of one successful request.
 InferenceObserver = Callable[[OnnxModel, dict[str, np.ndarray], dict[str, np.ndarray], int, int, int, str], None]
+# (model, error) of one request that failed after its model was chosen.
+FailureObserver = Callable[[OnnxModel, EdgeError], None]
 
 
 class DataPlane:
@@ -58,6 +60,7 @@ class DataPlane:
         self.batcher = Batcher(batching or BatchPolicy(), self._execute)
         # Called after each successful inference; each must be O(1) and must not raise (edge_module/metrics.py).
         self.observers: list[InferenceObserver] = []
+        self.failure_observers: list[FailureObserver] = []
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -167,8 +170,10 @@ class DataPlane:
                 results, queued, executions = await self._run(model, inputs, wanted)
             ran = clock()
             encoded = encode_response(name, model.version, results, request)
-        except EdgeError:
+        except EdgeError as exc:
             stats.record_failure(clock() - started)
+            for failure_observer in self.failure_observers:
+                failure_observer(model, exc)
             raise
         finished = clock()
         self._succeeded(
@@ -195,8 +200,10 @@ class DataPlane:
         try:
             model.validate(inputs)
             results, queued, executions = await self._run(model, inputs, None)
-        except EdgeError:
+        except EdgeError as exc:
             stats.record_failure(time.perf_counter_ns() - started)
+            for failure_observer in self.failure_observers:
+                failure_observer(model, exc)
             raise
         elapsed = time.perf_counter_ns() - started
         correlation_id = correlation_id or new_correlation_id()

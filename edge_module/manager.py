@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from edge_module.errors import ModelLoadError, ModelNotFound, StoreError
 from edge_module.model_check import check_in_subprocess
+from edge_module.probation import Probation, ProbationGuard, ProbationPolicy
 from edge_module.repository import ModelRepository
 from edge_module.runtime import OnnxModel, SessionConfig
 from edge_module.store import ModelStore, validate_name, validate_version
@@ -41,6 +42,7 @@ class ModelManager:
         config: SessionConfig,
         max_model_bytes: int,
         vet_models: bool = True,
+        probation: ProbationPolicy | None = None,
     ) -> None:
         self.store = store
         self.repository = repository
@@ -49,6 +51,11 @@ class ModelManager:
         self.vet_models = vet_models
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._locks: dict[str, asyncio.Lock] = {}
+        self.guard = ProbationGuard(probation or ProbationPolicy(requests=0, seconds=0))
+        self.guard.on_failed = self._probation_failed
+        # Called with (name, version, reason) after a version was rolled back because it failed probation.
+        self.rejection_listeners: list[Callable[[str, str, str], None]] = []
+        self._rejections: set[asyncio.Task[Any]] = set()
 
     def close(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)
@@ -152,6 +159,11 @@ class ModelManager:
             versions[version] = model
             self.repository.publish(name, model, versions)
             elapsed = loop.time() - started
+            replaced = served.active.version if served is not None and served.source == "store" else None
+            if replaced is not None and replaced != version:
+                self.guard.start(name, version, replaced)
+            else:
+                self.guard.forget(name)
         log.info("model %s version %s active (sha256 %s, %.3fs)", name, version, sha256[:12], elapsed)
         return LoadReport(name, version, sha256, model.service_time_ms, elapsed)
 
@@ -160,6 +172,7 @@ class ModelManager:
         return record is not None and any(entry.sha256 == sha256 for entry in record.versions)
 
     async def rollback(self, name: str) -> LoadReport:
+        self.guard.forget(name)  # an operator's rollback overrides a running probation
         async with self._lock(name):
             record = await self._in_loader(self.store.rollback, name)
             served = self.repository.served(name)
@@ -172,8 +185,53 @@ class ModelManager:
         log.info("model %s rolled back to version %s", name, model.version)
         return LoadReport(name, model.version, model.sha256, model.service_time_ms, 0.0)
 
+    def _probation_failed(self, probation: Probation) -> None:
+        task = asyncio.get_running_loop().create_task(self._roll_back(probation))
+        self._rejections.add(task)
+        task.add_done_callback(self._rejections.discard)
+
+    async def _roll_back(self, probation: Probation) -> None:
+        why = probation.reason or f"{probation.signal} past its limit"
+        try:
+            await self.reject(probation.name, probation.version, why)
+        finally:
+            self.guard.rolled_back(probation)
+
+    async def reject(self, name: str, version: str, why: str) -> LoadReport | None:
+        """Swap the active ``version`` back to the previous one, unload it, and remember its release as rejected.
+
+        Nothing happens when ``version`` is no longer active (a newer release or a rollback came first).
+        """
+        reason = f"rolled back after activation: {why}"
+        async with self._lock(name):
+            served = self.repository.served(name)
+            if served is None or served.active.version != version:
+                return None
+            try:
+                record = await self._in_loader(self.store.reject, name, version, reason)
+                model = served.versions.get(record.active.version)
+                if model is None:
+                    model = await self._in_loader(self._load_blob, name, record.active.version, record.active.sha256)
+            except (ModelLoadError, StoreError) as exc:
+                log.error("model %s: could not roll back version %s: %s", name, version, exc.message)
+                return None
+            versions = {v: m for v, m in served.versions.items() if v != version}
+            versions[record.active.version] = model
+            self.repository.publish(name, model, versions)
+        log.warning("model %s version %s %s; serving version %s", name, version, reason, model.version)
+        for listener in self.rejection_listeners:
+            listener(name, version, reason)
+        return LoadReport(name, model.version, model.sha256, model.service_time_ms, 0.0)
+
+    def rejection(self, name: str, version: str, sha256: str) -> str | None:
+        """Why this release was rolled back after activation, or None when it never was."""
+        record = self.store.get(name)
+        found = record.rejection(version, sha256) if record is not None else None
+        return found.reason if found is not None else None
+
     async def remove(self, name: str) -> bool:
         validate_name(name)
+        self.guard.forget(name)
         async with self._lock(name):
             removed_from_store = await self._in_loader(self.store.remove, name)
             dropped = self.repository.drop(name)
@@ -185,6 +243,7 @@ class ModelManager:
     async def serve_file(self, name: str, path: Path, source: str = "file") -> LoadReport:
         """Serve a file without storing it (``--model`` and the bundled default)."""
         validate_name(name)
+        self.guard.forget(name)
         data = await self._in_loader(path.read_bytes)
         sha256 = hashlib.sha256(data).hexdigest()
         async with self._lock(name):

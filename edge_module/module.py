@@ -15,6 +15,7 @@ from edge_module.dataplane import DataPlane
 from edge_module.errors import EdgeError
 from edge_module.manager import ModelManager
 from edge_module.observability import Observability, ObservedModelManager
+from edge_module.probation import ProbationPolicy
 from edge_module.repository import ModelRepository
 from edge_module.rest import create_app
 from edge_module.rest.infer import ASGIApp
@@ -22,6 +23,7 @@ from edge_module.runtime import SessionConfig
 from edge_module.settings import Settings
 from edge_module.stats import InferenceStats
 from edge_module.store import ModelStore
+from edge_module.tls import LiveTLS
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class EdgeModule:
     manager: ModelManager
     app: ASGIApp
     observability: Observability
+    # The live SSL context when EDGE_TLS is not off; its first certificate comes in server.serve.
+    tls: LiveTLS | None = None
     extra_models: dict[str, Path] = field(default_factory=dict)
     startup_errors: dict[str, str] = field(default_factory=dict)
     # Set once start() has served what it could; the twin applies desired releases only after it.
@@ -89,10 +93,24 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
     config = SessionConfig(
         intra_op_threads=settings.ort_intra_op_threads, inline_threshold_ms=settings.inline_threshold_ms
     )
-    manager = ObservedModelManager(store, repository, config, settings.max_model_bytes, settings.vet_models)
+    probation = ProbationPolicy(
+        requests=settings.probation_requests,
+        seconds=settings.probation_seconds,
+        max_failure_rate=settings.probation_max_failure_rate,
+        max_latency_ratio=settings.probation_max_latency_ratio,
+        latency_slack_ms=settings.probation_latency_slack_ms,
+        min_requests=settings.probation_min_requests,
+    )
+    manager = ObservedModelManager(
+        store, repository, config, settings.max_model_bytes, settings.vet_models, probation=probation
+    )
     batching = BatchPolicy(max_size=settings.batch_max_size, max_delay_ms=settings.batch_max_delay_ms)
     dataplane = DataPlane(repository, stats, settings.inference_workers, batching)
+    if probation.enabled:
+        dataplane.observers.append(manager.guard.observe)
+        dataplane.failure_observers.append(manager.guard.observe_failure)
     observability = Observability(settings, dataplane, manager)
+    tls = LiveTLS() if settings.tls_mode != "off" else None
     app = create_app(
         dataplane,
         manager,
@@ -101,6 +119,7 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
         admin_token=settings.admin_token,
         api_token=settings.api_token,
         observability=observability,
+        trust_bundle=(lambda: tls.trust_bundle) if tls is not None else (lambda: None),
     )
     return EdgeModule(
         settings=settings,
@@ -111,5 +130,6 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
         manager=manager,
         app=app,
         observability=observability,
+        tls=tls,
         extra_models=dict(extra_models or {}),
     )

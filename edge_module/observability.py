@@ -166,6 +166,7 @@ class Observability:
         self.last_telemetry: dict[str, Any] | None = None
         self.config_error: str | None = None
         self.metrics.collectors.append(self._expose)
+        self.metrics.collectors.append(manager.guard.expose)
         if settings.metrics_enabled:  # off only to measure what per-request observation costs
             dataplane.observers.extend((self.metrics.observe_inference, self.drift.observe, self.capture.observe))
         self._tasks: list[asyncio.Task[None]] = []
@@ -445,6 +446,7 @@ class Observability:
                     "versions": versions,
                     "last_update": update.__dict__ if update else None,
                     "drift": drift.get(name),
+                    "probation": self.manager.guard.status(name),
                 }
             )
         return {

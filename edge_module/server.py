@@ -14,6 +14,7 @@ import uvicorn
 
 from edge_module.module import EdgeModule, build_module
 from edge_module.settings import Settings
+from edge_module.tls import TLSConfigError, start_tls
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class _Server(uvicorn.Server):
 
 def _uvicorn_config(module: EdgeModule) -> uvicorn.Config:
     settings = module.settings
-    return uvicorn.Config(
+    config = uvicorn.Config(
         module.app,
         host=settings.host,
         port=settings.port,
@@ -45,9 +46,11 @@ def _uvicorn_config(module: EdgeModule) -> uvicorn.Config:
         h11_max_incomplete_event_size=64 * 1024,
         # Beyond this many open connections uvicorn answers 503: slow or idle clients stay bounded.
         limit_concurrency=settings.max_connections,
-        ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
-        ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
     )
+    config.load()
+    # Our own live context (edge_module/tls.py), so a renewed certificate is served without a restart.
+    config.ssl = module.tls.context if module.tls is not None else None
+    return config
 
 
 async def serve(module: EdgeModule, services: tuple[Service, ...] = (), stop: asyncio.Event | None = None) -> None:
@@ -57,6 +60,7 @@ async def serve(module: EdgeModule, services: tuple[Service, ...] = (), stop: as
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
+    renewer = await start_tls(module.settings, module.tls) if module.tls is not None else None
     server = _Server(_uvicorn_config(module))
     http_task = asyncio.create_task(server.serve(), name="http")
     # Serving starts before models load: liveness answers at once, readiness follows the first model.
@@ -64,6 +68,8 @@ async def serve(module: EdgeModule, services: tuple[Service, ...] = (), stop: as
     background = [
         asyncio.create_task(service(module), name=getattr(service, "__name__", "service")) for service in services
     ]
+    if renewer is not None:
+        background.append(asyncio.create_task(renewer.run(), name="tls-renewal"))
     stopper = asyncio.create_task(stop.wait(), name="stop")
     try:
         done, _ = await asyncio.wait({http_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -83,7 +89,8 @@ async def serve(module: EdgeModule, services: tuple[Service, ...] = (), stop: as
         log.info("edge module stopped")
 
 
-def run(settings: Settings, extra_models: dict[str, Path] | None = None, services: tuple[Service, ...] = ()) -> None:
+def run(settings: Settings, extra_models: dict[str, Path] | None = None, services: tuple[Service, ...] = ()) -> int:
+    """Serve until stopped; the exit code (1 when HTTPS could not get a certificate)."""
     module = build_module(settings, extra_models)
     try:
         import uvloop
@@ -91,4 +98,10 @@ def run(settings: Settings, extra_models: dict[str, Path] | None = None, service
         runner: Callable[..., None] = uvloop.run
     except ImportError:  # uvloop has no Windows build
         runner = asyncio.run
-    runner(serve(module, services))
+    try:
+        runner(serve(module, services))
+    except TLSConfigError as exc:
+        log.error("cannot serve HTTPS: %s", exc)
+        module.close()
+        return 1
+    return 0

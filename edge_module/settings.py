@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,15 +43,36 @@ class Settings(BaseSettings):
 
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
-    # HTTPS for the API when both are set (PEM files).
+    # HTTPS (docs/security.md): off, files (the PEM pair below) or workload (IoT Edge's workload API issues and
+    # renews a certificate signed by the device CA). Unset: files when the pair is set, else off.
+    tls: Literal["off", "files", "workload"] | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # The CA chain clients verify against, served at /trust-bundle.pem in files mode (workload mode has its own).
+    tls_ca_file: Path | None = None
+    # The certificate's common name in workload mode; default: IOTEDGE_GATEWAYHOSTNAME, else the host name.
+    tls_common_name: str | None = Field(default=None, max_length=64)
+    tls_certificate_lifetime_s: float = Field(default=7 * 86400.0, ge=5)
+    # Renew once this share of the certificate's lifetime has passed.
+    tls_renew_at: float = Field(default=0.8, gt=0, lt=1)
+    tls_retry_max_s: float = Field(default=60.0, gt=0)
+    # How long start-up waits for the first certificate before the module exits (edgeAgent restarts it).
+    tls_startup_timeout_s: float = Field(default=120.0, gt=0)
 
     max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     # Vet every new model in a child process first, so a file that crashes onnxruntime cannot take serving down.
     vet_models: bool = True
     keep_versions: int = Field(default=2, ge=1, le=16)
+    # Post-swap probation (docs/reliability.md): a new version is watched for this many requests or seconds,
+    # whichever comes first (0 = no bound of that kind; both 0 = off), and swapped back if its runtime failure
+    # rate, or its p99 latency against the version it replaced, passes these limits.
+    probation_requests: int = Field(default=1000, ge=0)
+    probation_seconds: float = Field(default=300.0, ge=0)
+    probation_max_failure_rate: float = Field(default=0.05, ge=0, le=1)
+    probation_max_latency_ratio: float = Field(default=3.0, gt=1)
+    probation_latency_slack_ms: float = Field(default=1.0, ge=0)
+    probation_min_requests: int = Field(default=50, ge=1)
 
     # onnxruntime threads per session; 1 suits small models on a shared 2-core box.
     ort_intra_op_threads: int = Field(default=1, ge=0)
@@ -107,7 +129,17 @@ class Settings(BaseSettings):
     def _tls_pair(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("set both EDGE_TLS_CERT_FILE and EDGE_TLS_KEY_FILE, or neither")
+        if self.tls == "files" and self.tls_cert_file is None:
+            raise ValueError("EDGE_TLS=files needs EDGE_TLS_CERT_FILE and EDGE_TLS_KEY_FILE")
+        if self.tls in ("off", "workload") and self.tls_cert_file is not None:
+            raise ValueError(f"EDGE_TLS={self.tls} does not use EDGE_TLS_CERT_FILE/EDGE_TLS_KEY_FILE: unset them")
         return self
+
+    @property
+    def tls_mode(self) -> str:
+        if self.tls is not None:
+            return self.tls
+        return "files" if self.tls_cert_file is not None else "off"
 
     @field_validator("log_level")
     @classmethod

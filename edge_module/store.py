@@ -76,15 +76,32 @@ class VersionRecord:
     added_at: str = ""
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """A release rolled back after activation: not applied again until the desired release changes."""
+
+    version: str
+    sha256: str
+    reason: str
+    at: str = ""
+
+
+MAX_REJECTIONS = 8
+
+
 @dataclass
 class ModelRecord:
     name: str
     active: VersionRecord
     previous: VersionRecord | None = None
     versions: list[VersionRecord] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
 
     def find(self, version: str) -> VersionRecord | None:
         return next((record for record in self.versions if record.version == version), None)
+
+    def rejection(self, version: str, sha256: str) -> Rejection | None:
+        return next((r for r in self.rejected if r.version == version and r.sha256 == sha256), None)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +114,7 @@ class ModelRecord:
             active=VersionRecord(**data["active"]),
             previous=VersionRecord(**previous) if previous else None,
             versions=[VersionRecord(**item) for item in data.get("versions", [])],
+            rejected=[Rejection(**item) for item in data.get("rejected", [])],
         )
 
 
@@ -277,7 +295,9 @@ class ModelStore:
             else:
                 previous = current.previous if current.active.version == version else current.active
                 versions = [v for v in current.versions if v.version != version] + [entry]
-                record = ModelRecord(name=name, active=entry, previous=previous, versions=versions)
+                # Activating a rejected release by hand (the repository API) takes it off the list.
+                rejected = [r for r in current.rejected if (r.version, r.sha256) != (version, sha256)]
+                record = ModelRecord(name, entry, previous, versions, rejected)
             record.versions = self._retained(record)
             self._write_pointer(record)
             self._pending.discard(sha256)
@@ -302,8 +322,26 @@ class ModelStore:
             current = self.get(name)
             if current is None or current.previous is None:
                 raise StoreError(f"model '{name}' has no last-known-good version to roll back to")
-            record = ModelRecord(name=name, active=current.previous, previous=current.active, versions=current.versions)
+            record = ModelRecord(name, current.previous, current.active, current.versions, list(current.rejected))
             self._write_pointer(record)
+        return record
+
+    def reject(self, name: str, version: str, reason: str) -> ModelRecord:
+        """Roll the active ``version`` back and forget it: it is never last-known-good, and its release is
+        remembered as rejected (the newest ``MAX_REJECTIONS``) so a restart does not apply it again."""
+        with self._lock:
+            current = self.get(name)
+            if current is None or current.active.version != version or current.previous is None:
+                raise StoreError(f"model '{name}' version {version} is not active with a version to roll back to")
+            bad = current.active
+            versions = [v for v in current.versions if v.version != version]
+            active = current.previous
+            previous = next((v for v in reversed(versions) if v.version != active.version), None)
+            rejected = [r for r in current.rejected if (r.version, r.sha256) != (bad.version, bad.sha256)]
+            rejected = [*rejected, Rejection(bad.version, bad.sha256, reason, _utc_now())][-MAX_REJECTIONS:]
+            record = ModelRecord(name, active, previous, versions, rejected)
+            self._write_pointer(record)
+        self.collect_garbage()
         return record
 
     def remove(self, name: str) -> bool:

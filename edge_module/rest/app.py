@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -31,6 +32,7 @@ from edge_module.rest.openapi import (
     READY_RESPONSES,
     REPOSITORY_INDEX,
     SERVER_METADATA,
+    TRUST_BUNDLE_RESPONSES,
     UNLOADED,
     responses,
     without_validation_errors,
@@ -69,6 +71,7 @@ def create_app(
     admin_token: str | None = None,
     api_token: str | None = None,
     observability: Observability | None = None,
+    trust_bundle: Callable[[], bytes | None] = lambda: None,
 ) -> ASGIApp:
     """Build the ASGI app. Nothing here does work at import time; everything is passed in."""
     app = FastAPI(
@@ -115,6 +118,13 @@ def create_app(
     async def ready() -> Response:
         is_ready = dataplane.ready()
         return _json({"ready": is_ready}, 200 if is_ready else 503)
+
+    @health.get("/trust-bundle.pem", responses=TRUST_BUNDLE_RESPONSES)
+    async def trust_bundle_pem() -> Response:
+        bundle = trust_bundle()
+        if bundle is None:
+            raise EdgeError("no trust bundle: TLS is off, or EDGE_TLS=files without EDGE_TLS_CA_FILE", status_code=404)
+        return Response(bundle, media_type="application/x-pem-file")
 
     models = APIRouter(tags=["models"], dependencies=[Depends(inference_auth)])
 

@@ -165,6 +165,17 @@ METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     }
 }
 
+TRUST_BUNDLE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The CA chain (PEM) that verifies this module's HTTPS certificate",
+        "content": {"application/x-pem-file": {"schema": _STRING}},
+    },
+    404: {
+        "description": "no trust bundle: TLS is off, or files mode without EDGE_TLS_CA_FILE",
+        "content": json_content(ERROR),
+    },
+}
+
 
 def without_validation_errors(schema: dict[str, Any]) -> dict[str, Any]:
     """Drop the 422 FastAPI adds to every route with parameters: this app answers invalid requests with 400."""

@@ -76,6 +76,9 @@ class ModelUpdater:
         if self._active(name) == (release.version, release.sha256):
             self._report(name, "active", release.version)
             return Outcome.ACTIVE
+        rejected = self.manager.rejection(name, release.version, release.sha256)
+        if rejected is not None:
+            return self._failed(release, rejected, Outcome.FAILED)
         if self.keys_error:
             raise SignatureError(self.keys_error)
         verify_signature(release, self.trusted_keys)

@@ -173,6 +173,22 @@ class Reconciler:
         if target is not None:
             self._outcomes[name] = (target, Outcome.ACTIVE)
 
+    def record_rejection(self, name: str, version: str, reason: str) -> None:
+        """The manager rolled ``version`` back after activation: its release stays failed until it changes."""
+        target = self._targets.get(name)
+        if target is not None and target.version == version:
+            self._outcomes[name] = (target, Outcome.FAILED)
+        served = self.updater.manager.repository.served(name)
+        self.reported.set_model(
+            name,
+            "failed",
+            target.version if target else version,
+            served.active.version if served else None,
+            served.active.sha256 if served else None,
+            reason,
+        )
+        self._update_desired_status()
+
     def state(self, name: str) -> Release | None:
         return self._targets.get(name)
 

@@ -58,6 +58,12 @@ class ReportedState:
         self._pending.setdefault("models", {})[name] = block
         self.changed.set()
 
+    def set_probation(self, name: str, block: dict[str, Any]) -> None:
+        """``models.<name>.probation``: sent beside the model's block, which it does not replace."""
+        pending = self._pending.setdefault("models", {})
+        pending[name] = {**pending.get(name, {}), "probation": block}
+        self.changed.set()
+
     def set_desired_status(self, version: int | None, code: int, description: str) -> None:
         status = {"code": code, "description": _bounded(description)}
         if version is not None:
@@ -74,7 +80,12 @@ class ReportedState:
         """Put back a patch that was not delivered, under anything newer that arrived since."""
         newer = self._pending
         merged = {**patch, **{k: v for k, v in newer.items() if k != "models"}}
-        models = {**patch.get("models", {}), **newer.get("models", {})}
+        older_models = patch.get("models", {})
+        newer_models = newer.get("models", {})
+        models = {
+            name: {**older_models.get(name, {}), **newer_models.get(name, {})}
+            for name in {**older_models, **newer_models}
+        }
         if models:
             merged["models"] = models
         self._pending = merged

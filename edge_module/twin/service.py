@@ -60,6 +60,8 @@ class TwinSync:
         self.reconciler = Reconciler(updater, self.reported, settings.update_retry_interval)
         self.router = MessageRouter(module.dataplane, default_model)
         self.methods = DirectMethods(module.manager, self.reported.model, self._on_rollback)
+        module.manager.rejection_listeners.append(self.reconciler.record_rejection)
+        module.manager.guard.listeners.append(lambda p: self.reported.set_probation(p.name, p.reported()))
         self._online = asyncio.Event()
         self._capacity = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
         self._tasks: set[asyncio.Task[None]] = set()

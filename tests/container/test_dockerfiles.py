@@ -88,7 +88,7 @@ def test_runtime_stage_is_non_root_with_healthcheck_volume_and_environment(docke
     assert user == "${EDGE_UID}:${EDGE_UID}" and int(uid_arg.split("=")[1]) >= 1000
     assert [keyword for keyword, _ in runtime].index("USER") < [keyword for keyword, _ in runtime].index("ENTRYPOINT")
     healthcheck = by_keyword["HEALTHCHECK"][0]
-    assert "/v2/health/live" in healthcheck and 'CMD ["python"' in healthcheck and "curl" not in healthcheck
+    assert healthcheck.endswith('CMD ["python", "-m", "edge_module.healthcheck"]') and "curl" not in healthcheck
     assert by_keyword["VOLUME"] == ['["/var/lib/edge-module/models"]']
     env = " ".join(by_keyword["ENV"])
     assert "EDGE_IN_CONTAINER=1" in env and "ORT_DISABLE_TELEMETRY=1" in env

@@ -35,6 +35,7 @@ import json
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import threading
 import time
@@ -61,6 +62,7 @@ class TlsFiles:
     ca_cert: Path
     server_cert: Path
     server_key: Path
+    ca_key: Path  # the device CA's key: the workload API stand-in signs module server certificates with it
 
     @property
     def ca_pem(self) -> str:
@@ -127,8 +129,10 @@ def make_tls_files(directory: Path) -> TlsFiles:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key", directory / "ca.key")
     files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    files.ca_key.write_bytes(ca_key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption()))
     files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     files.server_key.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -268,12 +272,35 @@ class MosquittoBroker:
 
 
 class WorkloadAPI:
-    """The IoT Edge workload API, as far as ``create_from_edge_environment`` uses it."""
+    """The IoT Edge workload API, as far as ``create_from_edge_environment`` and ``EDGE_TLS=workload`` use it.
 
-    def __init__(self, ca_pem: str, module_key: bytes = b"edge-module-test-key") -> None:
+    Shapes from the API's specification (Azure/iotedge ``edgelet/api/workloadVersion_2019_01_30.yaml``):
+    ``POST /modules/{name}/genid/{genid}/sign``; ``GET /trust-bundle`` → ``{"certificate"}``; and, with ``signer``
+    (the device CA's files), ``POST /modules/{name}/genid/{genid}/certificate/server`` with ``{commonName,
+    expiration}`` → 201 ``{privateKey: {type: "key", bytes}, certificate, expiration}``, the chain being the
+    server certificate then the CA. Like IoT Edge, it refuses (``{"message"}`` bodies): a module or generation
+    id other than the module's (404), a missing or over-64-character common name or an unparsable or past
+    expiration (400); it caps the lifetime at ``max_lifetime`` (IoT Edge's ``srv_cert_max_duration``, 90 days by
+    default) and puts the common name in the certificate's DNS SAN. ``failing`` makes every certificate request
+    answer 500 (an outage). ``socket_path`` serves on a unix socket (IoT Edge's ``unix://`` default) instead.
+    """
+
+    def __init__(
+        self,
+        ca_pem: str,
+        module_key: bytes = b"edge-module-test-key",
+        signer: TlsFiles | None = None,
+        socket_path: Path | None = None,
+        max_lifetime: datetime.timedelta = datetime.timedelta(days=90),
+    ) -> None:
         self.ca_pem = ca_pem
         self.module_key = module_key
         self.sign_requests = 0
+        self.signer = signer
+        self.max_lifetime = max_lifetime
+        self.issued: list[int] = []  # serial numbers of the server certificates issued
+        self.failing = False
+        self.module: tuple[str, str] | None = None  # (module id, generation id), set by module_env
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -297,7 +324,12 @@ class WorkloadAPI:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 request = json.loads(self.rfile.read(length) or b"{}")
-                if not urllib.parse.urlsplit(self.path).path.endswith("/sign"):
+                path = urllib.parse.urlsplit(self.path).path
+                if path.endswith("/certificate/server") and api.signer is not None:
+                    status, body = api.server_certificate(path, request)
+                    self._reply(status, body)
+                    return
+                if not path.endswith("/sign"):
                     self._reply(404, {"message": "not found"})
                     return
                 data = base64.b64decode(request["data"])
@@ -305,15 +337,73 @@ class WorkloadAPI:
                 api.sign_requests += 1
                 self._reply(200, {"digest": base64.b64encode(digest).decode()})
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
+        if socket_path is not None:
+            self._server: socketserver.BaseServer = _UnixHTTPServer(str(socket_path), Handler)
+            self.url = f"unix://{socket_path}"
+        else:
+            tcp = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            tcp.daemon_threads = True
+            self._server = tcp
+            self.url = f"http://127.0.0.1:{tcp.server_address[1]}/"
         self._thread = threading.Thread(target=self._server.serve_forever, name="workload-api", daemon=True)
+
+    def server_certificate(self, path: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        assert self.signer is not None
+        parts = path.strip("/").split("/")  # modules/{name}/genid/{genid}/certificate/server
+        if self.module is not None and (len(parts) != 6 or (parts[1], parts[3]) != self.module):
+            return 404, {"message": f"Module not found: {'/'.join(parts[1:4])}"}
+        if self.failing:
+            return 500, {"message": "Could not create server certificate: the certificate service is unavailable"}
+        common_name = request.get("commonName")
+        if not isinstance(common_name, str) or not 0 < len(common_name) <= 64:
+            return 400, {"message": "Invalid commonName: 1 to 64 characters required"}
+        now = datetime.datetime.now(datetime.timezone.utc)
+        try:
+            expiration = datetime.datetime.fromisoformat(str(request.get("expiration")).replace("Z", "+00:00"))
+        except ValueError:
+            return 400, {"message": "Invalid expiration: an ISO 8601 date-time is required"}
+        if expiration.tzinfo is None or expiration <= now:
+            return 400, {"message": "Invalid expiration: it must be a future UTC date-time"}
+        not_after = min(expiration, now + self.max_lifetime)
+        ca_cert = x509.load_pem_x509_certificate(self.signer.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(self.signer.ca_key.read_bytes(), password=None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        key = ec.generate_private_key(ec.SECP256R1())
+        serial = x509.random_serial_number()
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - datetime.timedelta(seconds=1))
+            .not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        self.issued.append(serial)
+        chain = certificate.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM)
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return 201, {
+            "privateKey": {"type": "key", "bytes": key_pem.decode()},
+            "certificate": chain.decode(),
+            "expiration": not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
 
     def module_env(
         self, device_id: str, module_id: str, hub_hostname: str = "test-hub.azure-devices.net"
     ) -> dict[str, str]:
         """The ``IOTEDGE_*`` variables IoT Edge gives a module."""
+        self.module = (module_id, "test-generation")
         return {
             "IOTEDGE_IOTHUBHOSTNAME": hub_hostname,
             "IOTEDGE_DEVICEID": device_id,
@@ -337,6 +427,14 @@ class WorkloadAPI:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self) -> tuple[Any, Any]:
+        request, _ = super().get_request()
+        return request, ("unix", 0)  # BaseHTTPRequestHandler formats a (host, port) client address
 
 
 def dev_mode_env(device_id: str, module_id: str, ca_file: Path, key: bytes = b"edge-module-test-key") -> dict[str, str]:

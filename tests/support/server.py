@@ -28,12 +28,18 @@ class ModuleProcess:
     BIND_ATTEMPTS = 3
 
     def __init__(
-        self, model_dir: Path, env: dict[str, str] | None = None, args: Sequence[str] = (), ca_file: Path | None = None
+        self,
+        model_dir: Path,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+        ca_file: Path | None = None,
+        url_host: str = "127.0.0.1",
     ) -> None:
         # With ca_file the module serves HTTPS (EDGE_TLS_* in env) and clients verify against that CA.
         self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
         self.scheme = "https" if ca_file else "http"
         self.model_dir = model_dir
+        self.url_host = url_host  # the name clients use: HTTPS checks it against the certificate
         self.env = {**os.environ, "EDGE_HOST": "127.0.0.1", "EDGE_MODEL_DIR": str(model_dir), **(env or {})}
         self.args = list(args)
         self.process: subprocess.Popen[bytes] | None = None
@@ -41,7 +47,7 @@ class ModuleProcess:
 
     def _pick_port(self) -> None:
         self.port = free_port()
-        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
+        self.url = f"{self.scheme}://{self.url_host}:{self.port}"
         self.env["EDGE_PORT"] = str(self.port)
         self.log_path = self.model_dir.parent / f"module-{self.port}.log"
 
