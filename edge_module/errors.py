@@ -55,6 +55,10 @@ class ModelLoadError(EdgeError):
     status_code = 400
 
 
+class InsufficientMemory(ModelLoadError):
+    """Loading the model would not fit in the memory the module may still use."""
+
+
 class StoreError(EdgeError):
     status_code = 500
 

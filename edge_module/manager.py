@@ -6,6 +6,7 @@ The HTTP repository endpoints, the twin and the CLI all change models through th
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 from collections.abc import Callable
@@ -14,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edge_module.errors import ModelLoadError, ModelNotFound, StoreError
+from edge_module.errors import InsufficientMemory, ModelLoadError, ModelNotFound, StoreError
+from edge_module.memory import MIB, Headroom, headroom
 from edge_module.model_check import check_in_subprocess
 from edge_module.probation import Probation, ProbationGuard, ProbationPolicy
 from edge_module.repository import ModelRepository
 from edge_module.runtime import OnnxModel, SessionConfig
-from edge_module.store import ModelStore, validate_name, validate_version
+from edge_module.store import ModelRecord, ModelStore, VersionRecord, validate_name, validate_version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,6 +36,21 @@ class LoadReport:
     load_seconds: float
 
 
+@dataclass(frozen=True)
+class MemoryPolicy:
+    """Check memory before each load (docs/reliability.md#swaps-that-fit-in-memory)."""
+
+    check: bool = True
+    margin_bytes: int = 32 * MIB
+    keep_loaded: int = 2  # versions of a model kept in memory: the active one and the last-known-good
+
+
+# Before a model has been vetted, what it may take: the vetting child's interpreter and onnxruntime, plus about
+# 3.5 times the file while onnxruntime parses and copies it (80 MB of initializers peaked at +257 MiB).
+CHILD_BASELINE_BYTES = 64 * MIB
+LOAD_FACTOR = 3.5
+
+
 class ModelManager:
     def __init__(
         self,
@@ -43,12 +60,15 @@ class ModelManager:
         max_model_bytes: int,
         vet_models: bool = True,
         probation: ProbationPolicy | None = None,
+        memory: MemoryPolicy | None = None,
     ) -> None:
         self.store = store
         self.repository = repository
         self.config = config
         self.max_model_bytes = max_model_bytes
         self.vet_models = vet_models
+        self.memory = memory or MemoryPolicy()
+        self._child_baseline = CHILD_BASELINE_BYTES
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._locks: dict[str, asyncio.Lock] = {}
         self.guard = ProbationGuard(probation or ProbationPolicy(requests=0, seconds=0))
@@ -106,7 +126,9 @@ class ModelManager:
             return
         loaded: dict[str, OnnxModel] = {}
         failures: dict[str, str] = {}
-        for entry in record.versions:
+        for entry in _by_priority(record):
+            if len(loaded) >= self.memory.keep_loaded:
+                break  # kept on disk only; a rollback or a load by version reads it again
             try:
                 loaded[entry.version] = await self._in_loader(self._load_blob, name, entry.version, entry.sha256)
             except (ModelLoadError, StoreError) as exc:
@@ -146,15 +168,23 @@ class ModelManager:
             loop = asyncio.get_running_loop()
             started = loop.time()
             try:
+                path = self.store.blob_path(sha256)
+                size = await self._in_loader(lambda: path.stat().st_size)
                 if self.vet_models and not self._already_vetted(name, sha256):
-                    await self._in_loader(check_in_subprocess, self.store.blob_path(sha256), self.max_model_bytes)
+                    await self._make_room(name, self._child_baseline + int(size * LOAD_FACTOR), "vet")
+                    report = await self._in_loader(check_in_subprocess, path, self.max_model_bytes)
+                    self._child_baseline = report.baseline_bytes or self._child_baseline
+                    need = report.model_bytes
+                else:
+                    need = int(size * LOAD_FACTOR)
+                await self._make_room(name, need, "load")
                 model = await self._in_loader(self._load_blob, name, version, sha256)
             except (ModelLoadError, StoreError):
                 await self._in_loader(self.store.discard, sha256)
                 raise
             record = await self._in_loader(self.store.activate, name, version, sha256)
             served = self.repository.served(name)
-            kept = {v.version for v in record.versions}
+            kept = [v.version for v in _by_priority(record)][: self.memory.keep_loaded]
             versions = {v: m for v, m in (served.versions.items() if served else ()) if v in kept}
             versions[version] = model
             self.repository.publish(name, model, versions)
@@ -166,6 +196,31 @@ class ModelManager:
                 self.guard.forget(name)
         log.info("model %s version %s active (sha256 %s, %.3fs)", name, version, sha256[:12], elapsed)
         return LoadReport(name, version, sha256, model.service_time_ms, elapsed)
+
+    async def _make_room(self, name: str, need: int, step: str) -> None:
+        """Raise InsufficientMemory unless ``need`` bytes (plus the margin) fit, dropping ``name``'s spare
+        loaded versions (the last-known-good session; its file stays in the store) first if that helps."""
+        if not self.memory.check:
+            return
+        wanted = need + self.memory.margin_bytes
+        room = await self._in_loader(headroom)
+        if room.available >= wanted:
+            return
+        served = self.repository.served(name)
+        if served is not None and len(served.versions) > 1:
+            dropped = [v for v in served.versions if v != served.active.version]
+            self.repository.publish(name, served.active, {served.active.version: served.active}, served.source)
+            del served
+            room = await self._in_loader(_collected_headroom)
+            log.warning(
+                "model %s: unloaded version(s) %s (kept on disk) to make room: %s",
+                name,
+                ", ".join(dropped),
+                room.describe(),
+            )
+            if room.available >= wanted:
+                return
+        raise InsufficientMemory(f"model '{name}' needs ~{need / MIB:.0f} MiB to {step}; {room.describe()}")
 
     def _already_vetted(self, name: str, sha256: str) -> bool:
         record = self.store.get(name)
@@ -251,3 +306,15 @@ class ModelManager:
             self.repository.publish(name, probe, {probe.version: probe}, source=source)
         log.info("model %s version %s served from %s", name, probe.version, path)
         return LoadReport(name, probe.version, sha256, probe.service_time_ms, 0.0)
+
+
+def _by_priority(record: ModelRecord) -> list[VersionRecord]:
+    """Which versions to keep loaded first: the active one, the last-known-good, then the newest."""
+    first = [record.active] + ([record.previous] if record.previous is not None else [])
+    rest = [v for v in reversed(record.versions) if v.version not in {f.version for f in first}]
+    return first + rest
+
+
+def _collected_headroom() -> Headroom:
+    gc.collect()  # dropped sessions are freed once no reference cycle holds them
+    return headroom()

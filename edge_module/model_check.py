@@ -7,9 +7,11 @@ onnxruntime kills the child, never the module. ``python -m edge_module.model_che
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge_module import onnx_wire
@@ -46,7 +48,20 @@ def static_problems(data: bytes) -> list[str]:
     return problems
 
 
-def check_in_subprocess(path: Path, max_bytes: int) -> None:
+@dataclass(frozen=True)
+class VetReport:
+    """What loading and warming up the model took in the child, which stands for the serving process."""
+
+    baseline_bytes: int  # the child's resident memory before it read the file (interpreter and onnxruntime)
+    peak_bytes: int  # its peak resident memory through load and warm-up
+
+    @property
+    def model_bytes(self) -> int:
+        """Memory one more session of this model needs in a process that already runs onnxruntime."""
+        return max(self.peak_bytes - self.baseline_bytes, 0)
+
+
+def check_in_subprocess(path: Path, max_bytes: int) -> VetReport:
     """Vet ``path`` in a child process; raise ModelLoadError with the reason when it is refused."""
     size = path.stat().st_size
     if size > max_bytes:
@@ -71,19 +86,42 @@ def check_in_subprocess(path: Path, max_bytes: int) -> None:
         raise ModelLoadError(f"model check failed (exit {result.returncode}): {tail}") from None
     if verdict.get("problems"):
         raise ModelLoadError("model refused: " + "; ".join(verdict["problems"]))
+    return VetReport(int(verdict.get("baseline_bytes", 0)), int(verdict.get("peak_bytes", 0)))
+
+
+def _resident() -> tuple[int, int]:
+    """(VmRSS, VmHWM) of this process in bytes; zeros where /proc is not there."""
+    values = {"VmRSS": 0, "VmHWM": 0}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in values:
+                values[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return values["VmRSS"], values["VmHWM"]
+
+
+def _reset_peak() -> None:
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux 4.0+), so the peak is the model's alone.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def _child(path: Path) -> int:
+    from edge_module.runtime import OnnxModel, SessionConfig
+
+    baseline, _ = _resident()
+    _reset_peak()
     data = path.read_bytes()
     problems = static_problems(data)
     if not problems:
-        from edge_module.runtime import OnnxModel, SessionConfig
-
         try:
             OnnxModel("check", "1", "", data, SessionConfig()).warm_up()
         except ModelLoadError as exc:
             problems.append(exc.message)
-    sys.stdout.write(json.dumps({"problems": problems}) + "\n")
+    _, peak = _resident()
+    sys.stdout.write(json.dumps({"problems": problems, "baseline_bytes": baseline, "peak_bytes": peak}) + "\n")
     return 0
 
 

@@ -13,7 +13,8 @@ from typing import Any
 from edge_module.batching import BatchPolicy
 from edge_module.dataplane import DataPlane
 from edge_module.errors import EdgeError
-from edge_module.manager import ModelManager
+from edge_module.manager import MemoryPolicy, ModelManager
+from edge_module.memory import MIB
 from edge_module.observability import Observability, ObservedModelManager
 from edge_module.probation import ProbationPolicy
 from edge_module.repository import ModelRepository
@@ -102,7 +103,13 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
         min_requests=settings.probation_min_requests,
     )
     manager = ObservedModelManager(
-        store, repository, config, settings.max_model_bytes, settings.vet_models, probation=probation
+        store,
+        repository,
+        config,
+        settings.max_model_bytes,
+        settings.vet_models,
+        probation=probation,
+        memory=MemoryPolicy(settings.memory_check, settings.memory_margin_mib * MIB, settings.keep_loaded),
     )
     batching = BatchPolicy(max_size=settings.batch_max_size, max_delay_ms=settings.batch_max_delay_ms)
     dataplane = DataPlane(repository, stats, settings.inference_workers, batching)

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     # Vet every new model in a child process first, so a file that crashes onnxruntime cannot take serving down.
     vet_models: bool = True
     keep_versions: int = Field(default=2, ge=1, le=16)
+    # Versions of a model kept loaded in memory (the rest of keep_versions stay on disk only).
+    keep_loaded: int = Field(default=2, ge=1, le=16)
+    # Before vetting and loading a model, check it fits under the cgroup's memory limit (or the host's) with
+    # this margin; else drop the loaded last-known-good, else refuse the release (docs/reliability.md).
+    memory_check: bool = True
+    memory_margin_mib: int = Field(default=32, ge=0)
     # Post-swap probation (docs/reliability.md): a new version is watched for this many requests or seconds,
     # whichever comes first (0 = no bound of that kind; both 0 = off), and swapped back if its runtime failure
     # rate, or its p99 latency against the version it replaced, passes these limits.

@@ -34,6 +34,7 @@ class ModuleProcess:
         args: Sequence[str] = (),
         ca_file: Path | None = None,
         url_host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
     ) -> None:
         # With ca_file the module serves HTTPS (EDGE_TLS_* in env) and clients verify against that CA.
         self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
@@ -42,6 +43,7 @@ class ModuleProcess:
         self.url_host = url_host  # the name clients use: HTTPS checks it against the certificate
         self.env = {**os.environ, "EDGE_HOST": "127.0.0.1", "EDGE_MODEL_DIR": str(model_dir), **(env or {})}
         self.args = list(args)
+        self.prefix = list(prefix)  # a wrapper command, e.g. one that enters a cgroup first
         self.process: subprocess.Popen[bytes] | None = None
         self._pick_port()
 
@@ -57,7 +59,7 @@ class ModuleProcess:
         for attempt in range(self.BIND_ATTEMPTS):
             self._log = self.log_path.open("wb")
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "edge_module", *self.args],
+                [*self.prefix, sys.executable, "-m", "edge_module", *self.args],
                 env=self.env,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
