@@ -335,3 +335,13 @@ def encode_response(
         return header, None
     buffers.insert(0, header)
     return b"".join(buffers), len(header)
+
+
+def tensor_from_bytes(data: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """One tensor from its raw bytes, laid out as the binary extension says (gRPC raw contents, raw requests)."""
+    return _from_binary(data, 0, len(data), datatype, shape, name)
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """One tensor's raw bytes, laid out as the binary extension says."""
+    return _binary_data(array)
