@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 # Returns the current (certificate chain PEM, private key PEM). Called on every TLS handshake: must be cheap.
 CertificateSource = Callable[[], tuple[bytes, bytes]]
 STOP_GRACE_S = 5.0
+STREAMS_PER_CONNECTION = 128
 
 
 def file_certificates(cert_file: Path, key_file: Path) -> CertificateSource:
@@ -75,8 +76,11 @@ def build_server(module: EdgeModule, certificates: CertificateSource | None = No
             ("grpc.max_send_message_length", -1),
             # Without this, a second server on a busy port binds it too and takes half the connections.
             ("grpc.so_reuseport", 0),
+            # Calls in flight per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS), so one client cannot queue
+            # unbounded work. grpc.aio's maximum_concurrent_rpcs would bound the total too, but costs about 15% CPU
+            # per call (benchmarks/grpc_compare.py).
+            ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
         ],
-        maximum_concurrent_rpcs=settings.max_connections,
     )
     server.add_generic_rpc_handlers((InferenceService(module.dataplane, settings.api_token).handler(),))
     address = f"{_host(settings.host)}:{settings.grpc_port or 0}"
