@@ -18,8 +18,8 @@ from tests.support.iothub import make_tls_files
 LIVE = "/inference.GRPCInferenceService/ServerLive"
 
 
-def settings(tmp_path: Path, **overrides: object) -> Settings:
-    return Settings(model_dir=tmp_path / "store", host="127.0.0.1", serve_default_model=False, **overrides)
+def settings(tmp_path: Path, grpc_port: int | None = None) -> Settings:
+    return Settings(model_dir=tmp_path / "store", host="127.0.0.1", serve_default_model=False, grpc_port=grpc_port)
 
 
 async def live(target: str, credentials: grpc.ChannelCredentials) -> bool:
