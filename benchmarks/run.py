@@ -3,6 +3,7 @@
 The server under test is pinned to core 0 and wrk to core 1. Figures from one run are compared with
 each other (ratios); absolute numbers depend on the machine and on whatever else it is doing.
 ``--mlserver`` also measures MLServer 1.7.1 on the small model (JSON), from its own virtual environment.
+``--grpc`` also measures gRPC raw contents next to HTTP binary on the wide model (benchmarks/grpc_compare.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from benchmarks import mlserver
+from benchmarks import grpc_compare, mlserver
 from benchmarks.load import Body, LoadResult, free_port, pinned, rss_mb, run_wrk, wait_until, warm_up
 from benchmarks.models import Reference, reference
 
@@ -492,6 +493,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--mlserver-venv", type=Path, default=Path("bench-results/mlserver-venv"), help="MLServer's venv, made once"
     )
+    parser.add_argument("--grpc", action="store_true", help="also compare gRPC raw contents with HTTP binary (wide)")
     args = parser.parse_args(argv)
     args.duration = args.duration or (1.0 if args.quick else 2.0)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -530,6 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ms += [measure(servers[srv], refs[name], mode, conns, args, round_) for srv in names_]
         stack.close()
         cold = cold_start(args.workdir, 1 if args.quick else 3)
+        grpc_figures = None
+        if args.grpc:
+            wide = refs.get("wide") or reference("wide", args.cache)
+            grpc_figures = grpc_compare.compare(wide, args.wrk, args.duration, args.rounds, args.workdir)
     heavy = None
     if "heavy" in refs:
         heavy = heavy_figures(ms, refs["heavy"], service_ms["heavy"], args.batch_size, args.batch_delay_ms)
@@ -561,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "heavy_batching": heavy.as_dict() if heavy else None,
         "targets": checks,
         "mlserver": mlserver_report(ms) if with_mlserver else "not measured (python -m benchmarks.run --mlserver)",
+        "grpc": grpc_figures or "not measured (python -m benchmarks.run --grpc)",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

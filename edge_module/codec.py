@@ -186,6 +186,8 @@ def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> 
     """Decode a V2 infer request for ``model``; ``header_length`` comes from Inference-Header-Content-Length."""
     if header_length is None:
         return _decode(body, None, None, model)[0]
+    if header_length == 0:
+        return _raw_binary_request(body, model)
     if header_length < 0 or header_length > len(body):
         raise InvalidRequest(
             f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
@@ -201,6 +203,42 @@ def decode_request(body: bytes, header_length: int | None, model: OnnxModel) -> 
             plans.clear()
         plans[head] = _BinaryPlan(request, len(body) - header_length)
     return request
+
+
+def _raw_binary_request(body: bytes, model: OnnxModel) -> InferRequest:
+    """Triton's raw binary request: no JSON header, the body is the one input's tensor; outputs go back binary.
+
+    The shape follows from the byte count, so the model needs exactly one input, of a fixed-size datatype, with
+    at most one dimension of variable size.
+    """
+    what = "a raw binary request (Inference-Header-Content-Length: 0)"
+    if len(model.inputs) != 1:
+        raise InvalidRequest(f"{what} needs a model with one input; model '{model.name}' has {len(model.inputs)}")
+    spec = model.inputs[0]
+    variable = [i for i, dim in enumerate(spec.shape) if dim == -1]
+    if spec.datatype == "BYTES" or len(variable) > 1:
+        raise InvalidRequest(
+            f"{what} needs an input whose shape follows from its byte count; input '{spec.name}' of model "
+            f"'{model.name}' is {spec.datatype} {list(spec.shape)}: send a JSON header"
+        )
+    itemsize = V2_TO_NUMPY[spec.datatype].itemsize
+    unit = math.prod(dim for dim in spec.shape if dim != -1) * itemsize  # bytes per step of the variable dim
+    if variable:
+        if not body or len(body) % unit:
+            raise InvalidInput(
+                f"{what}: input '{spec.name}' is {spec.datatype} {list(spec.shape)}, so the body must be a non-zero "
+                f"multiple of {unit} bytes; it has {len(body)}"
+            )
+        shape = tuple(len(body) // unit if dim == -1 else dim for dim in spec.shape)
+    else:
+        if len(body) != unit:
+            raise InvalidInput(
+                f"{what}: input '{spec.name}' is {spec.datatype} {list(spec.shape)}, so the body must be {unit} bytes; "
+                f"it has {len(body)}"
+            )
+        shape = spec.shape
+    array = np.frombuffer(body, V2_TO_NUMPY[spec.datatype]).reshape(shape)
+    return InferRequest({spec.name: array}, binary_output=True)
 
 
 def _decode(body: bytes, header_length: int | None, head: bytes | None, model: OnnxModel) -> tuple[InferRequest, bool]:
@@ -335,3 +373,13 @@ def encode_response(
         return header, None
     buffers.insert(0, header)
     return b"".join(buffers), len(header)
+
+
+def tensor_from_bytes(data: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """One tensor from its raw bytes, laid out as the binary extension says (gRPC raw contents, raw requests)."""
+    return _from_binary(data, 0, len(data), datatype, shape, name)
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """One tensor's raw bytes, laid out as the binary extension says."""
+    return _binary_data(array)

@@ -8,13 +8,16 @@ import logging
 import signal
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from edge_module.module import EdgeModule, build_module
 from edge_module.settings import Settings
 from edge_module.tls import TLSConfigError, start_tls
+
+if TYPE_CHECKING:
+    from edge_module.grpc.server import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ async def serve(module: EdgeModule, services: tuple[Service, ...] = (), stop: as
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     renewer = await start_tls(module.settings, module.tls) if module.tls is not None else None
+    grpc_server = await _start_grpc(module)
     server = _Server(_uvicorn_config(module))
     http_task = asyncio.create_task(server.serve(), name="http")
     # Serving starts before models load: liveness answers at once, readiness follows the first model.
@@ -82,11 +86,22 @@ async def serve(module: EdgeModule, services: tuple[Service, ...] = (), stop: as
         await asyncio.gather(startup, stopper, *background, return_exceptions=True)
         with contextlib.suppress(Exception):
             await http_task
+        if grpc_server is not None:
+            await grpc_server.stop()
         module.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
         log.info("edge module stopped")
+
+
+async def _start_grpc(module: EdgeModule) -> GrpcServer | None:
+    """The gRPC endpoint when EDGE_GRPC_PORT is set; grpcio is imported only then."""
+    if module.settings.grpc_port is None:
+        return None
+    from edge_module.grpc.server import GrpcServer
+
+    return await GrpcServer.start(module)
 
 
 def run(settings: Settings, extra_models: dict[str, Path] | None = None, services: tuple[Service, ...] = ()) -> int:

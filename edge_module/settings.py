@@ -31,6 +31,8 @@ class Settings(BaseSettings):
 
     host: str = Field(default_factory=_default_host)
     port: int = Field(default=8000, ge=0, le=65535)
+    # V2 inference over gRPC on this port (same host, token and TLS as HTTP); off when unset.
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
     model_dir: Path = Field(default_factory=_default_model_dir)
     trusted_keys: Path | None = None
     allow_insecure_uris: bool = False

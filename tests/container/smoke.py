@@ -59,6 +59,7 @@ class SmokeResult:
     vetted_version_answer: dict[str, Any]
     bytecode_dirs: dict[str, int]
     healthcheck_exit_code: int
+    grpc_label: int | None  # the label the image's gRPC port (EDGE_GRPC_PORT) answered with
     env: dict[str, str]
 
 
@@ -72,7 +73,7 @@ def expected_label() -> int:
 
 
 @contextmanager
-def serving(box: Container, info: ImageInfo, log_path: Path) -> Iterator[tuple[str, float]]:
+def serving(box: Container, info: ImageInfo, log_path: Path, grpc_port: int) -> Iterator[tuple[str, float]]:
     """Start the image's own entrypoint; yield its URL and how long it took to become ready."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -80,7 +81,13 @@ def serving(box: Container, info: ImageInfo, log_path: Path) -> Iterator[tuple[s
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             box.run_args(
-                info.command, env={"EDGE_HOST": "127.0.0.1", "EDGE_PORT": str(port), "EDGE_ADMIN_TOKEN": ADMIN_TOKEN}
+                info.command,
+                env={
+                    "EDGE_HOST": "127.0.0.1",
+                    "EDGE_PORT": str(port),
+                    "EDGE_GRPC_PORT": str(grpc_port),  # the host's network: not the image's 8001, which may be taken
+                    "EDGE_ADMIN_TOKEN": ADMIN_TOKEN,
+                },
             ),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -108,6 +115,23 @@ def serving(box: Container, info: ImageInfo, log_path: Path) -> Iterator[tuple[s
                 process.wait()
 
 
+def grpc_label(target: str) -> int | None:
+    """The default model's label for WINE_ROW over gRPC, with tritonclient.grpc; None when the port fails."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        tensor = grpcclient.InferInput("input", [1, 13], "FP32")
+        tensor.set_data_from_numpy(np.array([WINE_ROW], dtype=np.float32))
+        return int(client.infer("wine", [tensor], client_timeout=30).as_numpy("label")[0])
+    except InferenceServerException:
+        return None
+    finally:
+        client.close()
+
+
 def probe(box: Container, code: str) -> str:
     result = box.run(["python", "-c", code])
     if result.returncode != 0:
@@ -122,7 +146,9 @@ def smoke(ref: str, log_path: Path) -> SmokeResult:
         baked = hashlib.sha256((box.rootfs / APP_MODEL).read_bytes()).hexdigest()
         settings = probe(box, SETTINGS_PROBE)
         non_edge = probe(box, EDGE_ONLY_PROBE)
-        with serving(box, info, log_path) as (url, ready_seconds), httpx.Client(trust_env=False, timeout=10) as client:
+        grpc_port = free_port()
+        serve = serving(box, info, log_path, grpc_port)
+        with serve as (url, ready_seconds), httpx.Client(trust_env=False, timeout=10) as client:
             metadata = client.get(f"{url}/v2/models/wine").json()
             body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 13], "data": WINE_ROW}]}
             answer = client.post(f"{url}/v2/models/wine/infer", json=body)
@@ -133,6 +159,7 @@ def smoke(ref: str, log_path: Path) -> SmokeResult:
             loaded = client.post(f"{url}/v2/repository/models/wine/load", json=load, headers=headers, timeout=60)
             second = client.post(f"{url}/v2/models/wine/versions/2/infer", json=body).json()
             healthcheck = box.run(info.config["Healthcheck"]["Test"][1:], env={"EDGE_PORT": url.rsplit(":", 1)[1]})
+            grpc_answer = grpc_label(f"127.0.0.1:{grpc_port}")
         return SmokeResult(
             image=ref,
             architecture=info.architecture,
@@ -150,6 +177,7 @@ def smoke(ref: str, log_path: Path) -> SmokeResult:
             vetted_version_answer=second,
             bytecode_dirs={d: len(list((box.rootfs / d).glob("*.pyc"))) for d in BYTECODE_DIRS},
             healthcheck_exit_code=healthcheck.returncode,
+            grpc_label=grpc_answer,
             env=info.env,
         )
 
@@ -168,7 +196,7 @@ def problems(result: SmokeResult) -> list[str]:
         found.append(f"container defaults are host/store {result.settings_in_container!r}")
     if result.non_edge_modules != "[]":
         found.append(f"the image holds more than the edge runtime: {result.non_edge_modules}")
-    for key, value in {"EDGE_IN_CONTAINER": "1", "ORT_DISABLE_TELEMETRY": "1"}.items():
+    for key, value in {"EDGE_IN_CONTAINER": "1", "ORT_DISABLE_TELEMETRY": "1", "EDGE_GRPC_PORT": "8001"}.items():
         if result.env.get(key) != value:
             found.append(f"{key} is {result.env.get(key)!r}, expected {value!r}")
     if result.model_metadata.get("platform") != "onnxruntime_onnx":
@@ -181,6 +209,8 @@ def problems(result: SmokeResult) -> list[str]:
     for directory, count in result.bytecode_dirs.items():
         if not count:
             found.append(f"no bytecode in /{directory}")
+    if result.grpc_label != result.expected_label:
+        found.append(f"the gRPC port answered label {result.grpc_label}, expected {result.expected_label}")
     if result.healthcheck_exit_code != 0:
         found.append(f"the image's HEALTHCHECK command exited {result.healthcheck_exit_code}")
     return found

@@ -91,10 +91,10 @@ def test_runtime_stage_is_non_root_with_healthcheck_volume_and_environment(docke
     assert healthcheck.endswith('CMD ["python", "-m", "edge_module.healthcheck"]') and "curl" not in healthcheck
     assert by_keyword["VOLUME"] == ['["/var/lib/edge-module/models"]']
     env = " ".join(by_keyword["ENV"])
-    assert "EDGE_IN_CONTAINER=1" in env and "ORT_DISABLE_TELEMETRY=1" in env
+    assert "EDGE_IN_CONTAINER=1" in env and "ORT_DISABLE_TELEMETRY=1" in env and "EDGE_GRPC_PORT=8001" in env
     assert "chown -R edge:edge /var/lib/edge-module" in " ".join(by_keyword["RUN"])
     assert by_keyword["ENTRYPOINT"] == ['["python", "-m", "edge_module"]']
-    assert by_keyword["EXPOSE"] == ["8000"]
+    assert by_keyword["EXPOSE"] == ["8000 8001"]  # HTTP and gRPC, as Triton
 
 
 def to_arm64(line: str) -> str:

@@ -55,7 +55,8 @@ def test_the_template_is_valid_against_the_template_schema(schemas: SchemaSet) -
     module = template["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"][MODULE]
     assert module["restartPolicy"] == "always"
     host = module["settings"]["createOptions"]["HostConfig"]
-    assert host["PortBindings"] == {"8000/tcp": [{"HostPort": "8000"}]}
+    assert host["PortBindings"] == {"8000/tcp": [{"HostPort": "8000"}], "8001/tcp": [{"HostPort": "8001"}]}
+    assert module["env"]["EDGE_GRPC_PORT"] == {"value": "8001"}
     assert {"Type": "volume", "Source": "edge-inference-models", "Target": "/var/lib/edge-module/models"} in host[
         "Mounts"
     ]

@@ -154,6 +154,46 @@ def test_tritonclient_verifies_the_chain_against_the_device_ca(gateway: Any) -> 
         untrusting.close()
 
 
+def test_grpc_shares_the_workload_certificate_and_its_renewals(gateway: Any) -> None:
+    import grpc
+    import tritonclient.grpc as triton_grpc
+
+    from tests.support.server import free_port
+
+    grpc_port = free_port()
+    edge: Gateway = gateway(
+        {"EDGE_GRPC_PORT": str(grpc_port), "EDGE_TLS_CERTIFICATE_LIFETIME_S": "6", "EDGE_TLS_RENEW_AT": "0.5"}
+    )
+    target = f"{GATEWAY_HOSTNAME}:{grpc_port}"
+    client = triton_grpc.InferenceServerClient(target, ssl=True, root_certificates=str(edge.ca_file))
+    try:
+        assert client.is_server_ready()
+        tensor = triton_grpc.InferInput("input", list(ROWS.shape), "FP32")
+        tensor.set_data_from_numpy(np.ascontiguousarray(ROWS))
+        assert client.infer("iris", [tensor]).as_numpy("label").tolist() == IRIS.estimator.predict(ROWS).tolist()
+    finally:
+        client.close()
+
+    def served_serial() -> int:
+        pem = ssl.get_server_certificate(("127.0.0.1", grpc_port))
+        return int(x509.load_pem_x509_certificate(pem.encode()).serial_number)
+
+    first = served_serial()
+    assert first == edge.workload.issued[0]
+    deadline = time.monotonic() + 30
+    while len(edge.workload.issued) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(edge.workload.issued) >= 2
+    # gRPC asks for the current certificate at each handshake: the renewed one serves new connections.
+    deadline = time.monotonic() + 10
+    while served_serial() == first and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert served_serial() in edge.workload.issued[1:]
+    # A plaintext channel never becomes ready on the TLS port.
+    with grpc.insecure_channel(target) as plain, pytest.raises(grpc.FutureTimeoutError):
+        grpc.channel_ready_future(plain).result(timeout=3)
+
+
 def test_renewal_under_load_fails_no_request(gateway: Any) -> None:
     # A 6-second certificate renewed at half its life: several renewals within the run.
     edge: Gateway = gateway({"EDGE_TLS_CERTIFICATE_LIFETIME_S": "6", "EDGE_TLS_RENEW_AT": "0.5"})
