@@ -120,7 +120,8 @@ def measure(entries: list[Path], model: Path, body: object, seconds: float, work
 
 def installed_versions(entries: list[Path]) -> dict[str, str]:
     """What the floor actually imports with ``entries`` first on the path (so the table cannot lie)."""
-    code = "import json, importlib.metadata as m; print(json.dumps({p: m.version(p) for p in %r}))" % list(CANDIDATES)
+    packages = list(CANDIDATES)
+    code = f"import json, importlib.metadata as m; print(json.dumps({{p: m.version(p) for p in {packages!r}}}))"
     env = {**os.environ, "PYTHONPATH": python_path(entries)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     versions: dict[str, str] = json.loads(out.stdout)
@@ -151,10 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{package}: the overlay imports {found}, not {version}")
                 result = measure(entries, ref.path, body, seconds, workdir)
                 runs.append(Run(package, version, result))
-                print(
-                    f"{package} {version} round {round_ + 1}: {result.rps:,.0f} req/s, {result.server_cpu_us:.0f} µs CPU/req",
-                    flush=True,
-                )
+                rps, cpu = result.rps, result.server_cpu_us
+                print(f"{package} {version} round {round_ + 1}: {rps:,.0f} req/s, {cpu:.0f} µs CPU/req", flush=True)
     lines = [
         "| package | version | req/s (median) | server CPU µs/req | vs the lock's pin |",
         "| --- | --- | ---: | ---: | ---: |",
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu = statistics.median(r.server_cpu_us for r in mine)
             pinned_rps = pinned_rps or rps
             table.setdefault(package, {})[version] = {"rps": round(rps, 1), "cpu_us": round(cpu, 1)}
-            lines.append(f"| {package} | {version} | {rps:,.0f} | {cpu:.0f} | {rps / pinned_rps:.2f}× |")
+            lines.append(f"| {package} | {version} | {rps:,.0f} | {cpu:.0f} | {rps / pinned_rps:.2f}x |")
         fastest = max(table[package], key=lambda v: table[package][v]["rps"])
         lines.append(f"| {package} | **fastest: {fastest}** | | | |")
     print("\n".join(lines))
