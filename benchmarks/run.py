@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from benchmarks import grpc_compare, mlserver
+from benchmarks import grpc_compare, mlserver, sweep
 from benchmarks.load import Body, LoadResult, free_port, pinned, rss_mb, run_wrk, wait_until, warm_up
 from benchmarks.models import Reference, reference
 
@@ -131,11 +131,14 @@ def module_server(refs: dict[str, Reference], workdir: Path, batching: tuple[int
 
 
 def floor_server(refs: dict[str, Reference], workdir: Path) -> Any:
+    """The floor from the best-versions overlay (benchmarks/sweep.py), not from the module's own environment:
+    a slower dependency pinned for the module then shows as a ratio below target instead of hiding in both."""
     port = free_port()
     first = next(iter(refs.values()))
     command = [sys.executable, "-m", "benchmarks.floor", str(port), *(f"{r.name}={r.path}" for r in refs.values())]
     probe = bodies(first)["json"]
-    return server("floor", command, {}, port, probe, f"/v2/models/{first.name}/infer", workdir / "floor.log")
+    env = {"PYTHONPATH": sweep.python_path(sweep.best_overlay())}
+    return server("floor", command, env, port, probe, f"/v2/models/{first.name}/infer", workdir / "floor.log")
 
 
 def mlserver_server(ref: Reference, workdir: Path, venv: Path, config: str) -> Any:
@@ -290,17 +293,17 @@ def targets(ms: list[Measurement], heavy: HeavyFigures | None) -> list[dict[str,
         met = value >= bound if op == ">=" else value <= bound
         rows.append({"target": what, "value": round(value, 2), "bound": f"{op} {round(bound, 2)}", "met": met})
 
-    check(
-        "small json c32: req/s vs floor",
-        paired(ms, ("module", "small", "json", 32), ("floor", "small", "json", 32), _rps),
-        ">=",
-        0.5,
-    )
+    # Against the best-versions floor (issue 16): >= 0.7x throughput and <= 1.5x CPU per request at c32,
+    # JSON and binary; c1 p50 <= 1.3x.
+    for mode in ("json", "binary"):
+        module_32, floor_32 = ("module", "small", mode, 32), ("floor", "small", mode, 32)
+        check(f"small {mode} c32: req/s vs floor", paired(ms, module_32, floor_32, _rps), ">=", 0.7)
+        check(f"small {mode} c32: CPU per request vs floor", paired(ms, module_32, floor_32, _cpu), "<=", 1.5)
     check(
         "small json c1: p50 vs floor",
         paired(ms, ("module", "small", "json", 1), ("floor", "small", "json", 1), _p50),
         "<=",
-        1.6,
+        1.3,
     )
     for config, label in mlserver.LABELS.items():
         check(
