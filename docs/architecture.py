@@ -119,8 +119,8 @@ BOXES = (
     Box(600, 90, 165, 58, "twin sync", ("releases, reports,", "direct methods")),
     Box(600, 160, 165, 58, "fetch and verify", ("https + Range resume,", "sha256, ed25519, vetting")),
     Box(600, 230, 165, 72, "model store", ("content-addressed blobs,", "active + last-known-good,", "crash-safe")),
-    Box(780, 90, 150, 58, "HTTP: V2 protocol", ("JSON + binary tensors,", "Triton-compatible")),
-    Box(780, 160, 150, 58, "data plane", ("validation, batching,", "atomic hot swap")),
+    Box(780, 90, 150, 58, "HTTPS + gRPC: V2", ("JSON, binary, raw tensors;", "Triton-compatible")),
+    Box(780, 160, 150, 58, "data plane", ("validation, batching,", "hot swap + probation")),
     Box(780, 230, 150, 58, "onnxruntime", ("one session per", "loaded version")),
     Box(780, 300, 150, 30, "metrics, drift, capture"),
     Box(
@@ -131,7 +131,7 @@ BOXES = (
         "/metrics, status page, telemetry",
         ("Prometheus, browser on the LAN,", "edgeHub output metrics; drift", "vs the training profile; capture"),
     ),
-    Box(585, 480, 370, 50, "clients", ("tritonclient, curl, browsers (HTTP :8000); leaf devices (input1)",)),
+    Box(585, 480, 370, 50, "clients", ("tritonclient, curl, browsers (HTTPS :8000, gRPC :8001)",)),
 )
 
 ARROWS = (
