@@ -179,16 +179,12 @@ def test_grpc_shares_the_workload_certificate_and_its_renewals(gateway: Any) -> 
         return int(x509.load_pem_x509_certificate(pem.encode()).serial_number)
 
     first = served_serial()
-    assert first == edge.workload.issued[0]
+    assert first in edge.workload.issued
+    # gRPC asks for the current certificate at each handshake: a renewed one serves new connections.
     deadline = time.monotonic() + 30
-    while len(edge.workload.issued) < 2 and time.monotonic() < deadline:
+    while (now_served := served_serial()) == first and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(edge.workload.issued) >= 2
-    # gRPC asks for the current certificate at each handshake: the renewed one serves new connections.
-    deadline = time.monotonic() + 10
-    while served_serial() == first and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert served_serial() in edge.workload.issued[1:]
+    assert now_served != first and now_served in edge.workload.issued
     # A plaintext channel never becomes ready on the TLS port.
     with grpc.insecure_channel(target) as plain, pytest.raises(grpc.FutureTimeoutError):
         grpc.channel_ready_future(plain).result(timeout=3)
@@ -198,7 +194,6 @@ def test_renewal_under_load_fails_no_request(gateway: Any) -> None:
     # A 6-second certificate renewed at half its life: several renewals within the run.
     edge: Gateway = gateway({"EDGE_TLS_CERTIFICATE_LIFETIME_S": "6", "EDGE_TLS_RENEW_AT": "0.5"})
     context = edge.client_context()
-    first = edge.workload.issued[0]
     failures: list[str] = []
     serials: set[int] = set()
     requests = [0]
@@ -228,10 +223,11 @@ def test_renewal_under_load_fails_no_request(gateway: Any) -> None:
 
     workers = [threading.Thread(target=load, args=(every,)) for every in (0, 25)]
     started = time.monotonic()
+    issued_before = len(edge.workload.issued)  # start-up on a busy machine may already have seen a renewal
     for worker in workers:
         worker.start()
     deadline = time.monotonic() + 60
-    while len(edge.workload.issued) < 4 and time.monotonic() < deadline:
+    while len(edge.workload.issued) < issued_before + 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)  # a little traffic on the last certificate
     stop.set()
@@ -239,10 +235,11 @@ def test_renewal_under_load_fails_no_request(gateway: Any) -> None:
         worker.join(30)
     elapsed = time.monotonic() - started
 
-    renewals = len(edge.workload.issued) - 1
+    renewals = len(edge.workload.issued) - issued_before
     assert renewals >= 3, f"only {renewals} renewals in {elapsed:.1f} s"
     assert not failures, failures[:5]
-    assert first in serials and len(serials & set(edge.workload.issued[1:])) >= 2, "new connections saw renewals"
+    # The certificate in place when the load began and at least the next two were all served.
+    assert len(serials & set(edge.workload.issued[issued_before - 1 :])) >= 3, "new connections saw renewals"
     log.info("TLS renewal under load: %d renewals, %d requests in %.1f s, 0 failed", renewals, requests[0], elapsed)
 
 
@@ -260,9 +257,17 @@ def test_a_workload_outage_keeps_the_current_certificate_then_renews(gateway: An
     while len(edge.workload.issued) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(edge.workload.issued) >= 2
-    with httpx.Client(verify=context) as client:
-        response = client.get(f"{edge.module.url}/v2/health/ready")
-        assert response.status_code == 200 and _peer_serial(response) in edge.workload.issued[1:]
+    # Issued is not yet installed: wait (bounded) until a new connection is served the renewed certificate.
+    deadline = time.monotonic() + 30
+    while True:
+        with httpx.Client(verify=context) as client:
+            response = client.get(f"{edge.module.url}/v2/health/ready")
+            serial = _peer_serial(response)
+        assert response.status_code == 200
+        if serial in edge.workload.issued[1:] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert serial in edge.workload.issued[1:]
 
 
 def test_a_unix_socket_workload_uri(gateway: Any) -> None:
