@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.support.models import diabetes_regressor, iris_classifier, mixed_types_pipeline
+from tests.support.models import diabetes_regressor, iris_classifier, served_model_args
 from tests.support.rawhttp import RawResponse, read_response
 from tests.support.server import ModuleProcess
 
@@ -19,14 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleProcess]:
     root = tmp_path_factory.mktemp("raw")
-    args = []
-    for name, trained in (
-        ("iris", iris_classifier()),
-        ("diabetes", diabetes_regressor()),
-        ("mixed", mixed_types_pipeline()),
-    ):
-        (root / f"{name}.onnx").write_bytes(trained.onnx)
-        args += ["--model", f"{name}={root / f'{name}.onnx'}"]
+    args = served_model_args(root)
     with ModuleProcess(root / "store", args=args) as process:
         yield process
 

@@ -14,7 +14,7 @@ import tritonclient.grpc.service_pb2_grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.support.iothub import make_tls_files
-from tests.support.models import diabetes_regressor, iris_classifier, mixed_types_pipeline
+from tests.support.models import diabetes_regressor, iris_classifier, mixed_types_pipeline, served_model_args
 from tests.support.server import ModuleProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -25,14 +25,7 @@ AUTH = {"authorization": f"Bearer {API_TOKEN}"}
 @pytest.fixture(scope="module")
 def module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleProcess]:
     root = tmp_path_factory.mktemp("grpc")
-    args = []
-    for name, trained in (
-        ("iris", iris_classifier()),
-        ("diabetes", diabetes_regressor()),
-        ("mixed", mixed_types_pipeline()),
-    ):
-        (root / f"{name}.onnx").write_bytes(trained.onnx)
-        args += ["--model", f"{name}={root / f'{name}.onnx'}"]
+    args = served_model_args(root)
     env = {"EDGE_GRPC_PORT": str(free_port()), "EDGE_API_TOKEN": API_TOKEN}
     with ModuleProcess(root / "store", env=env, args=args) as process:
         yield process

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,3 +112,16 @@ def mixed_types_pipeline() -> TrainedModel:
     )
     x_test = frame.iloc[:20].to_numpy(dtype=object)
     return TrainedModel(pipeline, with_metadata(model, metadata), x_test, ("temperature", "site"))
+
+
+def served_model_args(root: Path) -> list[str]:
+    """Write iris, diabetes and the mixed-types pipeline under ``root``; the module's ``--model`` arguments."""
+    args: list[str] = []
+    for name, trained in (
+        ("iris", iris_classifier()),
+        ("diabetes", diabetes_regressor()),
+        ("mixed", mixed_types_pipeline()),
+    ):
+        (root / f"{name}.onnx").write_bytes(trained.onnx)
+        args += ["--model", f"{name}={root / f'{name}.onnx'}"]
+    return args
