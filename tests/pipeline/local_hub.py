@@ -80,6 +80,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,13 @@ class StandInHub:
         max_configurations: int = MAX_CONFIGURATIONS,
         devices: dict[str, dict[str, str]] | None = None,
         throttle: Throttle | None = None,
+        simulate_devices: bool = True,
     ) -> None:
         self.state_file = state_file
         self.throttle = throttle
+        # False: real devices report through set_reported (tests/support/fleet_hub.py), nothing is simulated.
+        self.simulate_devices = simulate_devices
+        self.on_configurations_changed: Callable[[], None] | None = None
         self.trusted_keys = trusted_keys
         self.max_configurations = max_configurations
         self.lock = threading.Lock()
@@ -272,6 +277,7 @@ class StandInHub:
             }
             configurations[identifier] = stored
             self._save()
+            self._changed()
             return Answer(201, self._public(stored))
         if if_match is None:
             return hub_error(409, "ConfigurationAlreadyExists", f"configuration {identifier} already exists")
@@ -285,6 +291,7 @@ class StandInHub:
         existing["lastUpdatedTimeUtc"] = now_text()
         existing["etag"] = self._next_etag()
         self._save()
+        self._changed()
         return Answer(200, self._public(existing))
 
     @staticmethod
@@ -337,6 +344,7 @@ class StandInHub:
             return hub_error(412, "PreconditionFailed", f"etag mismatch: configuration {identifier} has changed")
         del self.state["configurations"][identifier]
         self._save()
+        self._changed()
         return Answer(204)
 
     def _query(self, request: Captured) -> Answer:
@@ -370,6 +378,20 @@ class StandInHub:
 
     # -- devices ------------------------------------------------------------------------------------
 
+    def _changed(self) -> None:
+        if self.on_configurations_changed is not None:
+            self.on_configurations_changed()
+
+    def desired_for(self, device: str) -> dict[str, Any]:
+        """The module's desired properties on ``device`` from the configurations targeting it (lock held)."""
+        record = self.state["devices"][device]
+        device_twin = {"deviceId": device, "tags": record["tags"], "properties": {"reported": {}}}
+        return self._desired(device_twin)[0]
+
+    def set_reported(self, device: str, models: dict[str, Any]) -> None:
+        """What a real device reported for its models (lock held)."""
+        self.state["devices"][device]["reported"] = copy.deepcopy(models)
+
     def _twins(self) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
         """The device twins, and the module twins of our module and ``$edgeAgent``, as the devices see them."""
         device_twins: dict[str, dict[str, Any]] = {}
@@ -382,7 +404,7 @@ class StandInHub:
             device_twins[device] = device_twin
             twins[(device, "$edgeAgent")] = {"deviceId": device, "moduleId": "$edgeAgent", "configurations": statuses}
             reported: dict[str, Any] = record["reported"]
-            for name, block in (desired.get("models") or {}).items():
+            for name, block in (desired.get("models") or {}).items() if self.simulate_devices else ():
                 outcome = self._apply(name, block, reported.get(name))
                 if outcome != reported.get(name):
                     reported[name] = outcome
