@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,27 +62,70 @@ def statuses(client: IoTHubClient) -> dict[str, dict[str, Any]]:
     return {t["deviceId"]: (t["properties"]["reported"].get("models") or {}).get("iris", {}) for t in twins}
 
 
+def wait_for(client: IoTHubClient, devices: list[str], version: str, timeout: float) -> dict[str, dict[str, Any]]:
+    """Poll the hub (a REST query, as ``fleet status`` does) until ``devices`` are done with ``version``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = statuses(client)
+        done = [seen.get(d, {}).get("desiredVersion") == version and seen[d].get("state") in ("active", "failed")
+                for d in devices]  # fmt: skip
+        if all(done) or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.5)
+
+
+def not_active_on(seen: dict[str, dict[str, Any]], devices: list[str], version: str) -> dict[str, Any]:
+    """The devices (with what they report) that are not active on ``version``."""
+    return {
+        d: seen.get(d)
+        for d in devices
+        if (seen.get(d) or {}).get("state") != "active" or seen[d].get("activeVersion") != version
+    }
+
+
+def publish(tmp_path: Path, azurite: Azurite, keys: Any, version: str) -> Path:
+    """Sign and publish iris ``version`` to Azurite; the release file ``deploy layered`` reads."""
+    model = tmp_path / f"iris-{version}.onnx"
+    model.write_bytes(iris_classifier(version).onnx)
+    publisher = publisher_for("az://models", connection_string=azurite.connection_string)
+    sha256 = hashlib.sha256(model.read_bytes()).hexdigest()
+    release = make_release("iris", version, model, sha256, publisher, load_private_key(keys.private_path))
+    assert release.uri.startswith(azurite.endpoint) and "sig=" in release.uri
+    path = tmp_path / f"release-{version}.json"
+    path.write_text(json.dumps(models_block([release])))
+    return path
+
+
+def deploy(tmp_path: Path, release_file: Path, version: str, priority: int, hub_url: str) -> None:
+    args = ["deploy", "layered", "--release", str(release_file), "--id", f"models-iris-{version}"]
+    args += ["--target-condition", "tags.environment='prod'", "--priority", str(priority)]
+    args += ["--out", str(tmp_path / f"layered-{version}.json"), "--apply", "--hub-endpoint", hub_url]
+    assert main(args) == 0
+
+
 @pytest.mark.slow
-def test_a_fleet_of_real_modules_converges_on_a_layered_release(
+@pytest.mark.timeout(900)
+def test_a_fleet_of_real_modules_converges_and_a_tenth_offline_catches_up(
     tmp_path: Path, azurite: Azurite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Release 1 to the whole fleet: every device active on it. Release 2 (a higher-priority layered
+    deployment) while a tenth of the devices are offline: the others take it, the offline ones keep 1;
+    back online, they take 2 as well. No device fails, none is missed."""
     keys = generate_key_pair(tmp_path / "keys", "release")
     fleet = devices(FLEET_SIZE)
     names = sorted(fleet)
+    offline = names[::10]
+    online = [d for d in names if d not in offline]
     stand_in = StandInHub(
         tmp_path / "hub" / "state.json",
         load_public_keys(keys.public_path.read_text()),
         devices=fleet,
         simulate_devices=False,
     )
-    model = tmp_path / "iris.onnx"
-    model.write_bytes(iris_classifier("1").onnx)
-    publisher = publisher_for("az://models", connection_string=azurite.connection_string)
-    sha256 = hashlib.sha256(model.read_bytes()).hexdigest()
-    release = make_release("iris", "1", model, sha256, publisher, load_private_key(keys.private_path))
-    release_file = tmp_path / "release.json"
-    release_file.write_text(json.dumps(models_block([release])))
-    assert release.uri.startswith(azurite.endpoint) and "sig=" in release.uri
+    release_1 = publish(tmp_path, azurite, keys, "1")
+    release_2 = publish(tmp_path, azurite, keys, "2")
+    monkeypatch.setenv("IOTHUB_CONNECTION_STRING", stand_in.connection_string)
+    credentials = HubCredentials.from_connection_string(stand_in.connection_string)
 
     modules: list[ModuleProcess] = []
     with (
@@ -89,6 +133,7 @@ def test_a_fleet_of_real_modules_converges_on_a_layered_release(
         WorkloadAPI(brokers.ca_pem) as workload,
         FleetHub(stand_in, brokers, names) as hub,
         HubServer(stand_in.respond) as rest,
+        IoTHubClient(credentials, endpoint=rest.url) as client,
     ):
         try:
             started = time.monotonic()
@@ -101,41 +146,50 @@ def test_a_fleet_of_real_modules_converges_on_a_layered_release(
                 }
                 store = tmp_path / "devices" / device / "models"
                 store.mkdir(parents=True)
-                module = ModuleProcess(store, env=env)
-                modules.append(module.start(wait_ready=False, timeout=120))
-            deadline = time.monotonic() + 180
+                modules.append(ModuleProcess(store, env=env).start(wait_ready=False, timeout=120))
+            deadline = time.monotonic() + 420  # 100 module start-ups are CPU-bound: ~2 minutes on 2 busy cores
             while hub.connected < FLEET_SIZE and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert hub.connected == FLEET_SIZE
             startup = time.monotonic() - started
 
-            monkeypatch.setenv("IOTHUB_CONNECTION_STRING", stand_in.connection_string)
             applied = time.monotonic()
-            args = ["deploy", "layered", "--release", str(release_file), "--id", "models-iris-1"]
-            args += ["--target-condition", "tags.environment='prod'", "--priority", "10"]
-            args += ["--out", str(tmp_path / "layered.json"), "--apply", "--hub-endpoint", rest.url]
-            assert main(args) == 0, capsys.readouterr().err
-            capsys.readouterr()
-
-            credentials = HubCredentials.from_connection_string(stand_in.connection_string)
-            with IoTHubClient(credentials, endpoint=rest.url) as client:
-                deadline = time.monotonic() + 180
-                while time.monotonic() < deadline:
-                    seen = statuses(client)
-                    if all(s.get("state") in ("active", "failed") for s in seen.values()):
-                        break
-                    time.sleep(0.5)
-            converged = time.monotonic() - applied
-            failed = {d: s for d, s in seen.items() if s.get("state") != "active"}
-            assert failed == {}, f"{len(failed)} devices did not converge: {dict(list(failed.items())[:5])}"
-            assert all(s.get("activeVersion") == "1" for s in seen.values())
+            deploy(tmp_path, release_1, "1", 10, rest.url)
+            seen = wait_for(client, names, "1", timeout=300)
+            first = time.monotonic() - applied
+            not_active = not_active_on(seen, names, "1")
+            assert not_active == {}, f"{len(not_active)} devices not active on 1: {dict(list(not_active.items())[:5])}"
             assert sorted(seen) == names  # every device reported, none missed
-
+            capsys.readouterr()
             assert main(["fleet", "status", "--json", "--hub-endpoint", rest.url]) == 0
             summary = json.loads(capsys.readouterr().out)["summary"]["iris"]
             assert summary["active"] == {"1": FLEET_SIZE} and summary["failed"] == {} and summary["pending"] == []
-            assert hub.counts["desired patches"] == FLEET_SIZE
-            print(f"\nfleet of {FLEET_SIZE}: modules connected in {startup:.1f}s, converged in {converged:.1f}s")
+
+            for device in offline:
+                brokers.stop_one(names.index(device))
+            applied = time.monotonic()
+            deploy(tmp_path, release_2, "2", 20, rest.url)
+            seen = wait_for(client, online, "2", timeout=300)
+            second = time.monotonic() - applied
+            lagging = not_active_on(seen, online, "2")
+            assert lagging == {}, f"{len(lagging)} online devices not active on 2: {dict(list(lagging.items())[:3])}"
+            assert all(seen[d].get("activeVersion") == "1" for d in offline)  # untouched while offline
+            for device in offline:
+                brokers.start_one(names.index(device), wait=True)
+            back = time.monotonic()
+            seen = wait_for(client, names, "2", timeout=300)
+            caught_up = time.monotonic() - back
+            not_active = not_active_on(seen, names, "2")
+            assert not_active == {}, f"{len(not_active)} devices not active on 2: {dict(list(not_active.items())[:5])}"
+            capsys.readouterr()
+            assert main(["fleet", "status", "--json", "--hub-endpoint", rest.url]) == 0
+            summary = json.loads(capsys.readouterr().out)["summary"]["iris"]
+            assert summary["active"] == {"2": FLEET_SIZE} and summary["failed"] == {} and summary["pending"] == []
+            sys.stderr.write(
+                f"\nfleet of {FLEET_SIZE}: modules connected in {startup:.1f}s; release 1 active everywhere"
+                f" {first:.1f}s after deploy; release 2 on the {len(online)} online in {second:.1f}s; the"
+                f" {len(offline)} offline caught up {caught_up:.1f}s after coming back; hub {dict(hub.counts)}\n"
+            )
         finally:
             codes = [module.stop() for module in modules]
         assert codes == [0] * len(modules)

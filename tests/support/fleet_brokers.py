@@ -66,9 +66,7 @@ def write_tls(directory: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return ca_path, cert_path, key_path
 
@@ -133,11 +131,13 @@ class DeviceBrokers:
             self._wait(index, open_=True)
         return self
 
-    def start_one(self, index: int) -> None:
+    def start_one(self, index: int, wait: bool = False) -> None:
         if self._processes[index] is None:
             self._processes[index] = subprocess.Popen(
                 [self.binary, "-c", str(self._config(index))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
+        if wait:
+            self._wait(index, open_=True)
 
     def stop_one(self, index: int) -> None:
         process = self._processes[index]
@@ -150,6 +150,7 @@ class DeviceBrokers:
             process.kill()
             process.wait()
         self._processes[index] = None
+        self._wait(index, open_=False)
 
     def _wait(self, index: int, open_: bool, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

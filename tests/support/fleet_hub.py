@@ -30,14 +30,21 @@ from tests.support.iothub import _query, merge_patch
 MODULE = "edge-inference"
 
 
-def merge_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """The JSON merge patch (RFC 7396) that turns ``old`` into ``new``."""
+def merge_diff(old: dict[str, Any], new: dict[str, Any], depth: int = 2) -> dict[str, Any]:
+    """A JSON merge patch (RFC 7396) that turns ``old`` into ``new``, objects below ``depth`` sent whole.
+
+    IoT Hub does not document the exact patch it sends a device when an automatic deployment changes its
+    desired properties. We send each changed release block whole (``models.<name>``), as ``deploy twin``
+    does: the module replaces a model's block from a patch rather than merging into it
+    (``edge_module/twin/reconcile.py``), so a field-by-field diff would hand it a partial, unverifiable
+    release (it then reports ``failed``: signature mismatch).
+    """
     patch: dict[str, Any] = dict.fromkeys(old.keys() - new.keys())
     for key, value in new.items():
         if key in old and old[key] == value:
             continue
-        if isinstance(value, dict) and isinstance(old.get(key), dict):
-            patch[key] = merge_diff(old[key], value)
+        if depth > 1 and isinstance(value, dict) and isinstance(old.get(key), dict):
+            patch[key] = merge_diff(old[key], value, depth - 1)
         else:
             patch[key] = copy.deepcopy(value)
     return patch
