@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,34 @@ def wait_for(client: IoTHubClient, devices: list[str], version: str, timeout: fl
         if all(done) or time.monotonic() > deadline:
             return seen
         time.sleep(0.5)
+
+
+def start_modules(
+    modules: list[ModuleProcess],
+    names: list[str],
+    tmp_path: Path,
+    brokers: DeviceBrokers,
+    workload: WorkloadAPI,
+    trusted_keys: Path,
+) -> None:
+    """Start one module per device, a few at a time (start-up is CPU-bound: more would only queue)."""
+
+    def start(index: int) -> ModuleProcess:
+        device = names[index]
+        env = {
+            **MODULE_SETTINGS,
+            **workload.module_env(device, MODULE),
+            "IOTEDGE_GATEWAYHOSTNAME": brokers.hosts[index],
+            "EDGE_TRUSTED_KEYS": str(trusted_keys),
+        }
+        store = tmp_path / "devices" / device / "models"
+        store.mkdir(parents=True)
+        module = ModuleProcess(store, env=env)
+        modules.append(module)  # list.append is atomic: the caller stops whatever was started
+        return module.start(wait_ready=False, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(start, range(len(names))))
 
 
 def not_active_on(seen: dict[str, dict[str, Any]], devices: list[str], version: str) -> dict[str, Any]:
@@ -137,16 +166,7 @@ def test_a_fleet_of_real_modules_converges_and_a_tenth_offline_catches_up(
     ):
         try:
             started = time.monotonic()
-            for index, device in enumerate(names):
-                env = {
-                    **MODULE_SETTINGS,
-                    **workload.module_env(device, MODULE),
-                    "IOTEDGE_GATEWAYHOSTNAME": brokers.hosts[index],
-                    "EDGE_TRUSTED_KEYS": str(keys.public_path),
-                }
-                store = tmp_path / "devices" / device / "models"
-                store.mkdir(parents=True)
-                modules.append(ModuleProcess(store, env=env).start(wait_ready=False, timeout=120))
+            start_modules(modules, names, tmp_path, brokers, workload, keys.public_path)
             deadline = time.monotonic() + 420  # 100 module start-ups are CPU-bound: ~2 minutes on 2 busy cores
             while hub.connected < FLEET_SIZE and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -190,6 +210,63 @@ def test_a_fleet_of_real_modules_converges_and_a_tenth_offline_catches_up(
                 f" {first:.1f}s after deploy; release 2 on the {len(online)} online in {second:.1f}s; the"
                 f" {len(offline)} offline caught up {caught_up:.1f}s after coming back; hub {dict(hub.counts)}\n"
             )
+        finally:
+            codes = [module.stop() for module in modules]
+        assert codes == [0] * len(modules)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_broken_release_stops_at_the_canary_ring(
+    tmp_path: Path, azurite: Azurite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A release signed with a key the devices do not trust goes to the canary ring with ``rollout deploy``:
+    the canary modules report it ``failed``, the wait step sees that and stops (exit 7), and no device of
+    the wider fleet is sent anything."""
+    trusted = generate_key_pair(tmp_path / "keys", "release")
+    untrusted = generate_key_pair(tmp_path / "other-keys", "release")
+    fleet = devices(10)
+    names = sorted(fleet)
+    canary = [d for d in names if fleet[d].get("ring") == "canary"]
+    stand_in = StandInHub(
+        tmp_path / "hub" / "state.json",
+        load_public_keys(trusted.public_path.read_text()),
+        devices=fleet,
+        simulate_devices=False,
+    )
+    broken = publish(tmp_path, azurite, untrusted, "1")
+    monkeypatch.setenv("IOTHUB_CONNECTION_STRING", stand_in.connection_string)
+
+    modules: list[ModuleProcess] = []
+    with (
+        DeviceBrokers(tmp_path / "brokers", len(names)) as brokers,
+        WorkloadAPI(brokers.ca_pem) as workload,
+        FleetHub(stand_in, brokers, names) as hub,
+        HubServer(stand_in.respond) as rest,
+    ):
+        try:
+            start_modules(modules, names, tmp_path, brokers, workload, trusted.public_path)
+            deadline = time.monotonic() + 300
+            while hub.connected < len(names) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert hub.connected == len(names)
+
+            args = ["rollout", "deploy", "--release", str(broken), "--ring", "canary"]
+            args += ["--target-condition", "tags.ring='canary'", "--poll", "0.5", "--timeout", "240"]
+            args += ["--hub-endpoint", rest.url]
+            capsys.readouterr()
+            assert main(args) == 7
+            err = capsys.readouterr().err
+            assert f"iris version 1 failed on {len(canary)} device(s)" in err and "signature" in err
+            credentials = HubCredentials.from_connection_string(stand_in.connection_string)
+            with IoTHubClient(credentials, endpoint=rest.url) as client:
+                seen = statuses(client)
+                ids = [c["id"] for c in client.list_configurations()]
+            assert all(seen[d].get("state") == "failed" and "signature" in seen[d].get("error", "") for d in canary)
+            wider = [d for d in names if d not in canary]
+            assert all(seen[d] == {} for d in wider)  # nothing reported about iris: never asked to run it
+            assert len(ids) == 1 and ids[0].endswith("-canary")  # no fleet ring was created
+            assert hub.counts["desired patches"] == len(canary)  # nothing sent to the wider fleet
         finally:
             codes = [module.stop() for module in modules]
         assert codes == [0] * len(modules)
