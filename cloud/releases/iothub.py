@@ -2,6 +2,18 @@
 
 We do not depend on ``azure-iot-hub``: it pins the archived ``uamqp``. The requests follow what that SDK
 sends (same paths, api-version, headers and SAS token format).
+
+Every call is retried after a 429 (honouring ``Retry-After``) and, when repeating it cannot change the
+outcome, after a 5xx or a lost connection, with bounded exponential backoff and jitter (``retry.py``):
+
+| call | method | idempotency |
+| --- | --- | --- |
+| get_configuration, list_configurations, query | GET / POST query | idempotent (reads) |
+| delete_configuration | DELETE + If-Match | idempotent; a 404 on a retry means our first try deleted it |
+| update_module_twin | PATCH + If-Match | idempotent (merge patch; with an etag a repeat gets 412) |
+| apply_configuration_content | POST | idempotent (replaces the device's whole content) |
+| put_configuration with etag | PUT + If-Match | idempotent (a repeat gets 412, never a second write) |
+| put_configuration, no etag | PUT (create) | a 409 on a retry is accepted only if the hub holds what we sent |
 """
 
 from __future__ import annotations
@@ -18,13 +30,17 @@ from typing import Any
 import httpx
 
 from cloud.releases.errors import IoTHubError
+from cloud.releases.retry import TRANSIENT_STATUSES, Idempotency, Outcome, RetryPolicy, parse_retry_after
 
 API_VERSION = "2021-04-12"
 CONNECTION_STRING_ENV = "IOTHUB_CONNECTION_STRING"
 TOKEN_TTL_SECONDS = 3600
 USER_AGENT = "edge-inference-cloud/0.1"
 MAX_QUERY_PAGES = 1000
-QUERY_PAGE_SIZE = 100
+# "The query object is instantiated with a page size (up to 1000)" (IoT Hub query language, "Query examples
+# with the service SDKs"); x-ms-max-item-count: "The service may use a different value if the value
+# specified is not acceptable" (REST: Query - Get Twins), so we follow whatever page sizes come back.
+QUERY_PAGE_SIZE = 1000
 # Layered deployments count against "100 deployments (including layered deployments) per paid SKU hub"
 # (IoT Hub quotas and throttling, "Other limits"); GET /configurations?top= is capped there too.
 MAX_CONFIGURATIONS = 100
@@ -84,10 +100,15 @@ class IoTHubClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.credentials = credentials
         self.endpoint = (endpoint or f"https://{credentials.hostname}").rstrip("/")
         self._clock = clock
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self.retries = 0  # how many times a call was tried again (throttling, 5xx, lost connections)
         self._http = httpx.Client(transport=transport, timeout=timeout, follow_redirects=False)
 
     def close(self) -> None:
@@ -101,14 +122,26 @@ class IoTHubClient:
 
     def put_configuration(self, configuration: dict[str, Any], etag: str | None = None) -> dict[str, Any]:
         """Create (or, with the etag, update) a deployment: ``PUT /configurations/{id}``."""
-        headers = {"If-Match": _if_match(etag)} if etag else {}
         path = f"/configurations/{_quote(configuration['id'])}"
-        return self._json(self._request("PUT", path, configuration, headers))
+        if etag:
+            headers = {"If-Match": _if_match(etag)}
+            return self._json(self._request("PUT", path, configuration, headers, idempotency=Idempotency.IDEMPOTENT))
+        response = self._request("PUT", path, configuration, idempotency=Idempotency.CREATE, done_if={409})
+        if response.status_code != 409:
+            return self._json(response)
+        # A try we did not hear back from created it: accept that only if the hub holds what we sent.
+        stored = self.get_configuration(str(configuration["id"]))
+        if stored is not None and all(
+            stored.get(name) == configuration.get(name) for name in ("content", "targetCondition", "priority")
+        ):
+            return stored
+        raise IoTHubError(f"PUT {path}: IoT Hub answered 409: {_hub_message(response)}", 409)
 
     def get_configuration(self, configuration_id: str) -> dict[str, Any] | None:
         """One configuration (``GET /configurations/{id}``), or None when the hub has no such id."""
         try:
-            return self._json(self._request("GET", f"/configurations/{_quote(configuration_id)}", None))
+            path = f"/configurations/{_quote(configuration_id)}"
+            return self._json(self._request("GET", path, None, idempotency=Idempotency.IDEMPOTENT))
         except IoTHubError as error:
             if error.status == 404:
                 return None
@@ -116,7 +149,9 @@ class IoTHubClient:
 
     def list_configurations(self, top: int = MAX_CONFIGURATIONS) -> list[dict[str, Any]]:
         """All configurations (``GET /configurations?top=N``); the service does not page this list."""
-        response = self._request("GET", "/configurations", None, params={"top": str(top)})
+        response = self._request(
+            "GET", "/configurations", None, params={"top": str(top)}, idempotency=Idempotency.IDEMPOTENT
+        )
         listing = response.json()
         if not isinstance(listing, list):
             raise IoTHubError("IoT Hub answered the configuration list with something other than a list")
@@ -125,18 +160,21 @@ class IoTHubClient:
     def delete_configuration(self, configuration_id: str, etag: str = "*") -> None:
         """``DELETE /configurations/{id}`` with If-Match (``*``: whatever its etag)."""
         path = f"/configurations/{_quote(configuration_id)}"
-        self._request("DELETE", path, None, {"If-Match": _if_match(etag)})
+        headers = {"If-Match": _if_match(etag)}
+        self._request("DELETE", path, None, headers, idempotency=Idempotency.IDEMPOTENT, done_if={404})
 
     def apply_configuration_content(self, device_id: str, content: dict[str, Any]) -> None:
         """Set one device's modules: ``POST /devices/{id}/applyConfigurationContent`` (az iot edge set-modules)."""
-        self._request("POST", f"/devices/{_quote(device_id)}/applyConfigurationContent", content)
+        path = f"/devices/{_quote(device_id)}/applyConfigurationContent"
+        self._request("POST", path, content, idempotency=Idempotency.IDEMPOTENT)
 
     def update_module_twin(
         self, device_id: str, module_id: str, patch: dict[str, Any], etag: str = "*"
     ) -> dict[str, Any]:
         """Merge ``patch`` into a module twin: ``PATCH /twins/{dev}/modules/{mod}`` with If-Match."""
         path = f"/twins/{_quote(device_id)}/modules/{_quote(module_id)}"
-        return self._json(self._request("PATCH", path, patch, {"If-Match": _if_match(etag)}))
+        headers = {"If-Match": _if_match(etag)}
+        return self._json(self._request("PATCH", path, patch, headers, idempotency=Idempotency.IDEMPOTENT))
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         """Run an IoT Hub query (``POST /devices/query``), following continuation tokens."""
@@ -146,7 +184,9 @@ class IoTHubClient:
             headers = {"x-ms-max-item-count": str(QUERY_PAGE_SIZE)}
             if continuation:
                 headers["x-ms-continuation"] = continuation
-            response = self._request("POST", "/devices/query", {"query": sql}, headers)
+            response = self._request(
+                "POST", "/devices/query", {"query": sql}, headers, idempotency=Idempotency.IDEMPOTENT
+            )
             page = response.json()
             if not isinstance(page, list):
                 raise IoTHubError("IoT Hub answered a query with something other than a list")
@@ -163,6 +203,61 @@ class IoTHubClient:
         body: Any,
         extra_headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
+        *,
+        idempotency: Idempotency = Idempotency.UNSAFE,
+        done_if: set[int] | frozenset[int] = frozenset(),
+    ) -> httpx.Response:
+        """Send with retries. A status in ``done_if`` that comes back after a try the hub may have done is
+        returned, not raised: the caller decides whether that earlier try did the work."""
+        waited = 0.0
+        maybe_done = False
+        for attempt in range(1, self.retry.max_attempts + 1):
+            retry_after: float | None = None
+            try:
+                response = self._send(method, path, body, extra_headers, params)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                failure = IoTHubError(f"{method} {path}: cannot reach {self.endpoint}: {type(error).__name__}")
+                outcome = Outcome.REFUSED
+            except httpx.HTTPError as error:
+                failure = IoTHubError(f"{method} {path}: cannot reach {self.endpoint}: {type(error).__name__}")
+                outcome = Outcome.MAYBE_DONE
+            else:
+                status = response.status_code
+                if status < 400 or (maybe_done and status in done_if):
+                    return response
+                failure = IoTHubError(f"{method} {path}: IoT Hub answered {status}: {_hub_message(response)}", status)
+                if status == 429:
+                    outcome = Outcome.REFUSED
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+                elif status in TRANSIENT_STATUSES:
+                    outcome = Outcome.MAYBE_DONE
+                else:
+                    raise failure
+            if attempt == self.retry.max_attempts or not self.retry.may_retry(idempotency, outcome):
+                break
+            delay = self.retry.delay(attempt, retry_after)
+            if waited + delay > self.retry.budget_seconds:
+                failure = IoTHubError(
+                    f"{failure.message} (gave up after {attempt} tries and {waited:.1f}s of backoff:"
+                    f" the next wait, {delay:.1f}s, exceeds the {self.retry.budget_seconds:.0f}s retry budget)",
+                    failure.status,
+                )
+                raise failure
+            maybe_done = maybe_done or outcome is Outcome.MAYBE_DONE
+            self.retries += 1
+            self._sleep(delay)
+            waited += delay
+        if attempt > 1:
+            raise IoTHubError(f"{failure.message} (gave up after {attempt} tries)", failure.status)
+        raise failure
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        extra_headers: dict[str, str] | None,
+        params: dict[str, str] | None,
     ) -> httpx.Response:
         expiry = int(self._clock()) + TOKEN_TTL_SECONDS
         headers = {
@@ -176,19 +271,9 @@ class IoTHubClient:
         }
         query = urllib.parse.urlencode({**(params or {}), "api-version": API_VERSION})
         url = f"{self.endpoint}{path}?{query}"
-        try:
-            if body is None:
-                response = self._http.request(method, url, headers=headers)
-            else:
-                response = self._http.request(method, url, json=body, headers=headers)
-        except httpx.HTTPError as error:
-            raise IoTHubError(f"{method} {path}: cannot reach {self.endpoint}: {type(error).__name__}") from None
-        if response.status_code >= 400:
-            raise IoTHubError(
-                f"{method} {path}: IoT Hub answered {response.status_code}: {_hub_message(response)}",
-                response.status_code,
-            )
-        return response
+        if body is None:
+            return self._http.request(method, url, headers=headers)
+        return self._http.request(method, url, json=body, headers=headers)
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:

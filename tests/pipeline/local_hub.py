@@ -41,7 +41,12 @@ What it does as IoT Hub does, with where the service documents it:
 - ``POST /devices/query`` answers ``SELECT * FROM devices.modules [WHERE moduleId = '...']`` and
   ``SELECT * | deviceId FROM devices [WHERE configurations.[[id]].status = '...']`` in pages of
   ``x-ms-max-item-count`` items, the next one named by the opaque ``x-ms-continuation`` token (REST:
-  Query - Get Twins); any other query: 400 (this stand-in does not implement the whole language).
+  Query - Get Twins); any other query: 400 (this stand-in does not implement the whole language). A page
+  holds at most 1,000 items: "The query object is instantiated with a page size (up to 1000)" (IoT Hub query
+  language), and for a larger ``x-ms-max-item-count`` "the service may use a different value if the value
+  specified is not acceptable" (REST: Query - Get Twins), so a larger one gets pages of 1,000.
+- With a tier (``--tier S1`` ...), the operation throttles of that tier and unit count apply: 429
+  ``ThrottlingException`` with ``Retry-After`` past them (``tests/pipeline/throttle.py`` cites the rates).
 - ``GET /twins/{device}/modules/{module}``: the module twin, or 404.
 - Every request needs ``api-version`` (400 otherwise) and a SharedAccessSignature that verifies against
   the hub's key: HMAC-SHA256 of ``"<url-encoded host>\\n<expiry>"``, not expired (401 otherwise, 401002
@@ -75,12 +80,14 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from edge_module.release import ReleaseError, load_public_keys, parse_release, verify_signature
 from tests.pipeline.target_condition import parse as parse_condition
+from tests.pipeline.throttle import CONFIGURATIONS, QUERIES, TIERS, TWIN_READS, Throttle
 from tests.release.hub_server import Answer, Captured, HubServer
 
 MODULE = "edge-inference"
@@ -102,6 +109,7 @@ DEVICES_QUERY = re.compile(
     re.IGNORECASE,
 )
 DEFAULT_PAGE = 100
+MAX_PAGE = 1000
 
 
 def hub_error(status: int, code: str, text: str) -> Answer:
@@ -133,8 +141,14 @@ class StandInHub:
         *,
         max_configurations: int = MAX_CONFIGURATIONS,
         devices: dict[str, dict[str, str]] | None = None,
+        throttle: Throttle | None = None,
+        simulate_devices: bool = True,
     ) -> None:
         self.state_file = state_file
+        self.throttle = throttle
+        # False: real devices report through set_reported (tests/support/fleet_hub.py), nothing is simulated.
+        self.simulate_devices = simulate_devices
+        self.on_configurations_changed: Callable[[], None] | None = None
         self.trusted_keys = trusted_keys
         self.max_configurations = max_configurations
         self.lock = threading.Lock()
@@ -174,6 +188,9 @@ class StandInHub:
             if refused is not None:
                 return refused
             parts = [urllib.parse.unquote(p) for p in request.path.strip("/").split("/")]
+            throttled = self._throttled(parts)
+            if throttled is not None:
+                return throttled
             if parts == ["configurations"] and request.method == "GET":
                 return self._list(request)
             if len(parts) == 2 and parts[0] == "configurations":
@@ -190,6 +207,17 @@ class StandInHub:
                     else hub_error(404, "ModuleNotFound", f"no module {parts[3]} on {parts[1]}")
                 )
             return hub_error(404, "NotFound", f"the stand-in hub does not answer {request.method} {request.path}")
+
+    def _throttled(self, parts: list[str]) -> Answer | None:
+        if self.throttle is None:
+            return None
+        operation = {"configurations": CONFIGURATIONS, "devices": QUERIES, "twins": TWIN_READS}.get(parts[0])
+        wait = self.throttle.admit(operation) if operation else None
+        if wait is None:
+            return None
+        answer = hub_error(429, "ThrottlingException", f"IoT Hub throttling limits have been exceeded for {operation}")
+        answer.headers["Retry-After"] = str(wait)
+        return answer
 
     def _authorize(self, header: str) -> Answer | None:
         scheme, _, fields = header.partition(" ")
@@ -249,6 +277,7 @@ class StandInHub:
             }
             configurations[identifier] = stored
             self._save()
+            self._changed()
             return Answer(201, self._public(stored))
         if if_match is None:
             return hub_error(409, "ConfigurationAlreadyExists", f"configuration {identifier} already exists")
@@ -262,6 +291,7 @@ class StandInHub:
         existing["lastUpdatedTimeUtc"] = now_text()
         existing["etag"] = self._next_etag()
         self._save()
+        self._changed()
         return Answer(200, self._public(existing))
 
     @staticmethod
@@ -314,6 +344,7 @@ class StandInHub:
             return hub_error(412, "PreconditionFailed", f"etag mismatch: configuration {identifier} has changed")
         del self.state["configurations"][identifier]
         self._save()
+        self._changed()
         return Answer(204)
 
     def _query(self, request: Captured) -> Answer:
@@ -338,6 +369,7 @@ class StandInHub:
             return hub_error(400, "ArgumentInvalid", "invalid x-ms-max-item-count or x-ms-continuation")
         if size < 1 or start < 0:
             return hub_error(400, "ArgumentInvalid", "invalid x-ms-max-item-count or x-ms-continuation")
+        size = min(size, MAX_PAGE)
         page = twins[start : start + size]
         headers = {}
         if start + size < len(twins):
@@ -345,6 +377,20 @@ class StandInHub:
         return Answer(200, page, headers)
 
     # -- devices ------------------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        if self.on_configurations_changed is not None:
+            self.on_configurations_changed()
+
+    def desired_for(self, device: str) -> dict[str, Any]:
+        """The module's desired properties on ``device`` from the configurations targeting it (lock held)."""
+        record = self.state["devices"][device]
+        device_twin = {"deviceId": device, "tags": record["tags"], "properties": {"reported": {}}}
+        return self._desired(device_twin)[0]
+
+    def set_reported(self, device: str, models: dict[str, Any]) -> None:
+        """What a real device reported for its models (lock held)."""
+        self.state["devices"][device]["reported"] = copy.deepcopy(models)
 
     def _twins(self) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
         """The device twins, and the module twins of our module and ``$edgeAgent``, as the devices see them."""
@@ -358,7 +404,7 @@ class StandInHub:
             device_twins[device] = device_twin
             twins[(device, "$edgeAgent")] = {"deviceId": device, "moduleId": "$edgeAgent", "configurations": statuses}
             reported: dict[str, Any] = record["reported"]
-            for name, block in (desired.get("models") or {}).items():
+            for name, block in (desired.get("models") or {}).items() if self.simulate_devices else ():
                 outcome = self._apply(name, block, reported.get(name))
                 if outcome != reported.get(name):
                     reported[name] = outcome
@@ -422,11 +468,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trusted-keys", type=Path, required=True, help="PEM public keys the devices trust")
     parser.add_argument("--url-file", type=Path, required=True, help="where to write the hub's URL once it listens")
     parser.add_argument("--max-configurations", type=int, default=MAX_CONFIGURATIONS)
+    parser.add_argument("--tier", choices=TIERS, help="apply this IoT Hub tier's operation throttles")
+    parser.add_argument("--units", type=int, default=1, help="the hub's unit count (with --tier)")
     args = parser.parse_args(argv)
     keys = load_public_keys(args.trusted_keys.read_text())
     if not keys:
         parser.error(f"no ed25519 public key in {args.trusted_keys}")
-    hub = StandInHub(args.state / "state.json", keys, max_configurations=args.max_configurations)
+    throttle = Throttle(args.tier, args.units) if args.tier else None
+    hub = StandInHub(args.state / "state.json", keys, max_configurations=args.max_configurations, throttle=throttle)
     connection = args.state / "connection-string"
     fd = os.open(connection, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

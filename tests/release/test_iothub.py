@@ -119,7 +119,7 @@ def test_query_follows_continuation_tokens(client_of: Any) -> None:
     first, second = server.requests
     assert_common(first, "POST", "/devices/query")
     assert first.body == {"query": "SELECT * FROM devices.modules WHERE moduleId = 'edge-inference'"}
-    assert first.headers["x-ms-max-item-count"] == "100" and "x-ms-continuation" not in first.headers
+    assert first.headers["x-ms-max-item-count"] == "1000" and "x-ms-continuation" not in first.headers
     assert second.headers["x-ms-continuation"] == "token-2"
 
 
@@ -146,7 +146,8 @@ def test_connection_strings() -> None:
 def test_unreachable_hub(client_of: Any) -> None:
     with HubServer() as server:
         url = server.url
-    client = IoTHubClient(HubCredentials.from_connection_string(CONNECTION_STRING), endpoint=url)
+    credentials = HubCredentials.from_connection_string(CONNECTION_STRING)
+    client = IoTHubClient(credentials, endpoint=url, sleep=lambda seconds: None)
     with pytest.raises(IoTHubError, match="cannot reach"):
         client.apply_configuration_content("d", {})
     client.close()
