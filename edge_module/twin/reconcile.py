@@ -3,7 +3,8 @@
 - A full twin (on every connect) replaces the desired state; models this module reported before but
   that are no longer desired are removed (IoT Hub deletes a property set to null, so a full twin read
   after a missed removal simply lacks the model).
-- A patch merges into the desired state; a model set to null is removed.
+- A patch merges into the desired state as IoT Hub merges it (RFC 7386, down to a release's fields); a model
+  set to null is removed.
 - A new target for a model supersedes a running update: its download is cancelled, a load in progress
   finishes first.
 - The same release twice does nothing; a release that failed for a transient reason is retried after
@@ -76,7 +77,8 @@ class Reconciler:
             self._desired = dict.fromkeys(names)
         elif isinstance(models, dict):
             names = list(models)
-            self._desired.update(models)
+            for name, block in models.items():
+                self._desired[name] = _merged(self._desired.get(name), block)
         else:
             self._invalid["models"] = "desired 'models' must be an object of releases by model name"
             self._update_desired_status()
@@ -202,3 +204,17 @@ class Reconciler:
 def _version(document: dict[str, Any]) -> int | None:
     version = document.get("$version")
     return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _merged(current: Any, patch: Any) -> Any:
+    """A desired patch merged into what the twin held, as IoT Hub merges it (RFC 7386: objects merge, null
+    deletes). A patch may carry only the fields of a release that changed, not the whole block."""
+    if not isinstance(patch, dict) or not isinstance(current, dict):
+        return patch
+    merged = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merged(merged.get(key), value)
+    return merged

@@ -180,3 +180,24 @@ async def test_file_uris_and_size_cap(twin: Twin, tmp_path: Path) -> None:
     assert "larger than 1000 bytes" in failed["error"]
     assert twin.served_version("iris") == "1"
     await reconciler.close()
+
+
+async def test_a_patch_carrying_only_the_changed_fields_merges_into_the_release(
+    twin: Twin, releases: ReleaseServer
+) -> None:
+    """IoT Hub sends desired patches as JSON merge patches: a new release may arrive as only the fields that
+    changed (version, uri, sha256, size). Found by the fleet test (docs/fleet-scale.md)."""
+    one = releases.release("iris", "1", iris_classifier("1").onnx)
+    twin.reconciler.apply_twin({"desired": {"$version": 1, "models": {"iris": one}}})
+    await twin.wait_state("iris", "active", activeVersion="1")
+    # The same file released again as version 2 (re-tagged): sha256 and size stay, version and uri change.
+    two = releases.release("iris", "2", iris_classifier("1").onnx)
+    changed = {key: value for key, value in two.items() if one.get(key) != value}
+    assert set(changed) == {"version", "uri"}, changed
+    twin.reconciler.apply_patch({"$version": 2, "models": {"iris": changed}})
+    block = await twin.wait_state("iris", "active", activeVersion="2")
+    assert block["sha256"] == one["sha256"] == two["sha256"]
+    # A field set to null is deleted from the release, as IoT Hub deletes it from the twin.
+    twin.reconciler.apply_patch({"$version": 3, "models": {"iris": {"sha256": None}}})
+    failed = await twin.wait_state("iris", "failed")
+    assert "sha256" in (failed["error"] or "") and twin.served_version("iris") == "2"
