@@ -27,3 +27,20 @@ def test_a_port_taken_before_the_module_binds_it_is_replaced(tmp_path: Path, mon
             assert module.port != taken
             assert httpx.get(f"{module.url}/v2/health/ready", timeout=10).status_code == 200
     assert "address already in use" in (tmp_path / f"module-{taken}.log").read_text()
+
+
+def test_a_port_taken_by_another_module_is_not_mistaken_for_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fleet test's race: two modules pick the same free port; the other one answers health checks."""
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    with ModuleProcess(tmp_path / "a" / "store") as first:
+        picks = iter([first.port])
+        real_free_port = server.free_port
+        monkeypatch.setattr(server, "free_port", lambda: next(picks, None) or real_free_port())
+        with ModuleProcess(tmp_path / "b" / "store") as second:
+            assert second.port != first.port
+            assert second.process is not None and second.process.poll() is None
+            assert httpx.get(f"{second.url}/v2/health/ready", timeout=10).status_code == 200
+    assert "address already in use" in (tmp_path / "b" / f"module-{first.port}.log").read_text()

@@ -87,12 +87,32 @@ class ModuleProcess:
                     raise PortTaken(f"port {self.port}: {self.logs()[-500:]}")
                 raise RuntimeError(f"module exited with {self.process.returncode}: {self.logs()}")
             try:
-                if httpx.get(self.url + path, timeout=1.0, verify=self.verify).status_code == 200:
+                # Another process may hold the port (free_port's race): only our own listener counts.
+                if httpx.get(self.url + path, timeout=1.0, verify=self.verify).status_code == 200 and self._listens():
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
         raise TimeoutError(f"module not {'ready' if ready else 'live'} after {timeout}s: {self.logs()}")
+
+    def _listens(self) -> bool:
+        """Whether the listening socket on our port is this process's (True where /proc cannot tell)."""
+        assert self.process is not None
+        inodes: set[str] = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                rows = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                return True
+            for row in rows:
+                fields = row.split()
+                if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == self.port:
+                    inodes.add(fields[9])
+        try:
+            links = {os.readlink(fd) for fd in Path(f"/proc/{self.process.pid}/fd").iterdir()}
+        except OSError:
+            return True
+        return any(f"socket:[{inode}]" in links for inode in inodes)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
