@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 WINDOW = 1024  # latency samples kept per version: enough for a p99 over the probation's requests
 LATENCY_CHECK_EVERY = 32  # requests between latency verdicts (a p99 sorts the window)
-SIGNALS = ("failure_rate", "latency")
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,6 @@ class LiveTLS:
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.current: ServerCertificate | None = None
         self.trust_bundle = trust_bundle
-        self.renewals = 0
         self.listeners: list[Listener] = []
 
     def install(self, certificate: ServerCertificate) -> None:
@@ -90,8 +89,6 @@ class LiveTLS:
                 self.context.load_cert_chain(chain, key)
             except ssl.SSLError as exc:
                 raise TLSConfigError(f"the certificate and key do not load: {exc}") from exc
-        if self.current is not None:
-            self.renewals += 1
         self.current = certificate
         for listener in self.listeners:
             try:
@@ -139,7 +136,6 @@ class WorkloadCertificates:
         self.renew_at = settings.tls_renew_at
         self.retry_max = settings.tls_retry_max_s
         self.live = live
-        self.last_error: str | None = None
 
     def _issue(self) -> ServerCertificate:
         issued = self.client.server_certificate(self.common_name, datetime.now(timezone.utc) + self.lifetime)
@@ -162,7 +158,6 @@ class WorkloadCertificates:
                 )
                 return
             except (WorkloadError, TLSConfigError) as exc:
-                self.last_error = str(exc)
                 if loop.time() + delay > give_up:
                     raise TLSConfigError(f"no server certificate from the IoT Edge workload API: {exc}") from exc
                 log.warning("no server certificate yet (%s); retrying in %.1f s", exc, delay)
@@ -186,12 +181,11 @@ class WorkloadCertificates:
                 with contextlib.suppress(WorkloadError):
                     self.live.trust_bundle = await asyncio.to_thread(self.client.trust_bundle)
                 self.live.install(certificate)
-                self.last_error, delay = None, 1.0
+                delay = 1.0
                 log.info(
                     "TLS certificate renewed: serial %x, valid until %s", certificate.serial, certificate.not_after
                 )
             except (WorkloadError, TLSConfigError) as exc:
-                self.last_error = str(exc)
                 left = (current.not_after - datetime.now(timezone.utc)).total_seconds()
                 log.error("TLS certificate renewal failed (%s); the current one expires in %.0f s", exc, left)
                 await asyncio.sleep(min(delay, max(left / 10, 0.5)))
