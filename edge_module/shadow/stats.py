@@ -5,13 +5,16 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
-from edge_module.twin.reported import utc_now
-
 WINDOW = 10_000  # recent samples kept for the percentiles; counts and means cover the whole life
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _percentile(values: deque[float], q: float) -> float | None:
