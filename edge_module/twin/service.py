@@ -16,7 +16,7 @@ from edge_module.messages import MessageRouter
 from edge_module.methods import DirectMethods
 from edge_module.module import EdgeModule, default_model_manifest
 from edge_module.release import load_public_keys
-from edge_module.shadow.install import ShadowInstaller
+from edge_module.shadow import install as shadow_install  # a module: install.py imports edge_module.twin
 from edge_module.shadow.mirror import ShadowMirror
 from edge_module.twin.connection import HubConnection, HubEvent, HubUnavailable
 from edge_module.twin.fetch import FetchPolicy
@@ -60,7 +60,9 @@ class TwinSync:
         )
         updater = ModelUpdater(module.manager, policy, keys, self.reported, keys_error)
         self.reconciler = Reconciler(updater, self.reported, settings.update_retry_interval)
-        self.shadows = ShadowInstaller(module.manager, ShadowMirror(), policy, keys, self.reported, keys_error)
+        self.shadows = shadow_install.ShadowInstaller(
+            module.manager, ShadowMirror(), policy, keys, self.reported, keys_error
+        )
         self.shadows.updating = self.reconciler.updating
         module.dataplane.observers.append(self.shadows.mirror.observe)
         self.router = MessageRouter(module.dataplane, default_model)
