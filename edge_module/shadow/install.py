@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from edge_module.errors import EdgeError
 from edge_module.manager import ModelManager
 from edge_module.model_check import check_in_subprocess
 from edge_module.release import Release, ReleaseError, SignatureError, parse_release, verify_signature
-from edge_module.runtime import OnnxModel
 from edge_module.shadow.mirror import ShadowMirror
 from edge_module.twin.fetch import FetchPolicy, fetch_release
 from edge_module.twin.reported import ReportedState, utc_now
@@ -69,41 +68,43 @@ class ShadowInstaller:
         try:
             target = None if block is None else parse_release(name, block)
         except ReleaseError as exc:
-            self._report_failed(name, block, exc.message)
+            self._targets.pop(name, None)
+            self._schedule(name, self._report_failed(name, block, exc.message))
             return
         if name in self._targets and self._targets[name] == target:
             return
         self._targets[name] = target
+        self._schedule(name, self._run(name, target))
+
+    def _schedule(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        """One task per model at a time: a new desired block cancels the one before and runs after it."""
         previous = self._tasks.get(name)
         if previous is not None and not previous.done():
             previous.cancel()
-        self._tasks[name] = asyncio.create_task(self._run(name, target, previous), name=f"shadow-{name}")
+        self._tasks[name] = asyncio.create_task(_after(previous, work), name=f"shadow-{name}")
 
-    async def _run(self, name: str, target: Release | None, previous: asyncio.Task[None] | None) -> None:
-        if previous is not None:
-            await asyncio.gather(previous, return_exceptions=True)
+    async def _run(self, name: str, target: Release | None) -> None:
         if target is None:
-            self._stop(name)
+            await self._stop(name)
             return
         try:
-            model = await self._load(target)
+            await self._install(target)
         except asyncio.CancelledError:
             raise
         except (EdgeError, OSError) as exc:
             message = exc.message if isinstance(exc, EdgeError) else f"i/o error: {exc}"
-            self._report_failed(name, target.as_desired(), message)
+            await self._report_failed(name, target.as_desired(), message)
             return
-        self.mirror.install(name, model)
         log.info("model %s: shadow version %s mirrors live traffic", name, target.version)
         self.report(name)
 
-    def _stop(self, name: str) -> None:
-        removed = self.mirror.remove(name)
+    async def _stop(self, name: str) -> None:
+        removed = await self.mirror.remove(name)
         if removed is not None:
-            log.info("model %s: shadow version %s stopped and unloaded", name, removed.model.version)
+            log.info("model %s: shadow version %s stopped and unloaded", name, removed.version)
         self.reported.set_shadow(name, None)
 
-    async def _load(self, release: Release) -> OnnxModel:
+    async def _install(self, release: Release) -> None:
         name = release.name
         if self.keys_error:
             raise SignatureError(self.keys_error)
@@ -119,42 +120,45 @@ class ShadowInstaller:
             await fetch_release(release, store, self.policy)
         self._report_state(name, "loading", release.version)
         path = store.blob_path(release.sha256)
+        size = (await asyncio.to_thread(path.stat)).st_size
+        if size > self.manager.max_model_bytes:
+            raise ShadowRefused(f"shadow is {size} bytes, over the {self.manager.max_model_bytes}-byte cap")
         if self.manager.vet_models:
             await asyncio.to_thread(check_in_subprocess, path, self.manager.max_model_bytes)
-        data = await asyncio.to_thread(store.read_blob, release.sha256)
-        model = await asyncio.to_thread(_load_model, name, release.version, release.sha256, data, self.manager)
+        inputs = await self.mirror.install(name, release.version, release.sha256, str(path))
         served = self.manager.repository.served(name)
-        if served is None:
-            raise ShadowRefused(f"model '{name}' is no longer served")
-        active = served.active
-        if [s.as_dict() for s in model.inputs] != [s.as_dict() for s in active.inputs]:
+        active = None if served is None else [spec.as_dict() for spec in served.active.inputs]
+        if active != inputs:
+            await self.mirror.remove(name)
+            if served is None:
+                raise ShadowRefused(f"model '{name}' is no longer served")
             raise ShadowRefused(
-                f"shadow version {release.version} takes inputs {[s.as_dict() for s in model.inputs]}, "
-                f"the served version {active.version} takes {[s.as_dict() for s in active.inputs]}"
+                f"shadow version {release.version} takes inputs {inputs}, "
+                f"the served version {served.active.version} takes {active}"
             )
-        return model
 
     # -- reporting -------------------------------------------------------------------------------
 
     def report(self, name: str) -> None:
-        shadow = self.mirror.shadows.get(name)
-        if shadow is None:
-            return
-        self.reported.set_shadow(name, {**_block("active", shadow.model.version, None), **shadow.stats.report()})
+        figures = self.mirror.report(name)
+        if figures is not None:
+            self.reported.set_shadow(name, {**_block("active", self.mirror.shadows[name].version, None), **figures})
 
     def report_all(self) -> None:
+        for name, ended in list(self.mirror.ended.items()):  # the worker process ended under them
+            self.mirror.ended.pop(name, None)
+            self._targets.pop(name, None)  # the same block again restarts it
+            self.reported.set_shadow(name, {**_block("failed", ended.version, ended.failure), **ended.report()})
         for name in list(self.mirror.shadows):
             self.report(name)
 
     def _report_state(self, name: str, state: str, version: str) -> None:
         self.reported.set_shadow(name, _block(state, version, None))
 
-    def _report_failed(self, name: str, block: Any, message: str) -> None:
+    async def _report_failed(self, name: str, block: Any, message: str) -> None:
         log.error("shadow for model %s refused: %s", name, message)
         version = block.get("version") if isinstance(block, dict) else None
-        running = self.mirror.shadows.get(name)
-        if running is not None:  # the running shadow is no longer desired
-            self.mirror.remove(name)
+        await self.mirror.remove(name)  # a running shadow is no longer desired
         self.reported.set_shadow(name, _block("failed", str(version) if version is not None else None, message))
 
     async def close(self) -> None:
@@ -164,12 +168,10 @@ class ShadowInstaller:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _load_model(name: str, version: str, sha256: str, data: bytes, manager: ModelManager) -> OnnxModel:
-    if len(data) > manager.max_model_bytes:
-        raise ShadowRefused(f"shadow is {len(data)} bytes, over the {manager.max_model_bytes}-byte cap")
-    model = OnnxModel(name, version, sha256, data, manager.config)
-    model.warm_up()
-    return model
+async def _after(previous: asyncio.Task[None] | None, work: Coroutine[Any, Any, None]) -> None:
+    if previous is not None:
+        await asyncio.gather(previous, return_exceptions=True)
+    await work
 
 
 STAT_FIELDS = (

@@ -17,7 +17,6 @@ from edge_module.methods import DirectMethods
 from edge_module.module import EdgeModule, default_model_manifest
 from edge_module.release import load_public_keys
 from edge_module.shadow import install as shadow_install  # a module: install.py imports edge_module.twin
-from edge_module.shadow.mirror import ShadowMirror
 from edge_module.twin.connection import HubConnection, HubEvent, HubUnavailable
 from edge_module.twin.fetch import FetchPolicy
 from edge_module.twin.pipeline import ModelUpdater
@@ -61,10 +60,9 @@ class TwinSync:
         updater = ModelUpdater(module.manager, policy, keys, self.reported, keys_error)
         self.reconciler = Reconciler(updater, self.reported, settings.update_retry_interval)
         self.shadows = shadow_install.ShadowInstaller(
-            module.manager, ShadowMirror(), policy, keys, self.reported, keys_error
+            module.manager, module.shadows, policy, keys, self.reported, keys_error
         )
         self.shadows.updating = self.reconciler.updating
-        module.dataplane.observers.append(self.shadows.mirror.observe)
         self.router = MessageRouter(module.dataplane, default_model)
         self.methods = DirectMethods(module.manager, self.reported.model, self._on_rollback)
         module.manager.rejection_listeners.append(self.reconciler.record_rejection)
@@ -106,7 +104,6 @@ class TwinSync:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.reconciler.close()
             await self.shadows.close()
-            self.shadows.mirror.close()
             await self.connection.close()
 
     def _spawn(self, coroutine: Any, name: str) -> asyncio.Task[None]:

@@ -83,9 +83,47 @@ def test_a_shadow_mirrors_live_traffic_its_agreement_matches_sklearn_and_null_un
     assert block["meanAbsDiff"] == pytest.approx(float(diffs.mean()), abs=1e-5)
     assert block["shadowP99Ms"] > 0 and block["activeP99Ms"] > 0
 
-    # null stops and unloads the shadow; the active version serves on.
+    # The same figures on /metrics, the status page's data and the metrics telemetry output.
+    with httpx.Client(base_url=edge.module.url, timeout=10) as client:
+        metrics = client.get("/metrics").text
+        assert f'edge_shadow_compared_total{{model="iris",version="2"}} {requests}' in metrics
+        assert f'edge_shadow_agreement{{model="iris",version="2"}} {block["agreement"]}' in metrics
+        status = next(m for m in client.get("/status.json").json()["models"] if m["name"] == "iris")
+        assert status["shadow"]["version"] == "2" and status["shadow"]["compared"] == requests
+    telemetry = edge.hub.wait_output(
+        "metrics", lambda m: (m.json().get("shadows", {}).get("iris") or {}).get("compared") == requests
+    )
+    assert telemetry.json()["shadows"]["iris"]["agreement"] == pytest.approx(expected, abs=1e-9)
+    worker = _children(edge.module.process.pid)
+    assert len(worker) == 1  # the shadow runs in a worker process of its own
+
+    # null stops and unloads the shadow: its worker process ends; the active version serves on.
     edge.hub.patch_desired({"shadows": {"iris": None}})
     edge.hub.wait_reported(lambda r: "iris" not in r.get("shadows", {}))
     assert edge.infer_version("iris", rows[:1]) == "1"
     logs = edge.module.logs()
     assert "shadow version 2 stopped and unloaded" in logs
+    assert not Path(f"/proc/{worker[0]}").exists()
+    with httpx.Client(base_url=edge.module.url, timeout=10) as client:
+        assert "edge_shadow_compared_total{" not in client.get("/metrics").text
+
+
+def _children(pid: int) -> list[int]:
+    """The process's live child processes (vetting children come and go; the shadow worker stays)."""
+    # Each thread lists the children it started; the worker is started from a thread of the pool.
+    children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in _read(task / "children").split()]
+    return [int(child) for child in children if "shadow.worker" in _cmdline(int(child))]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:  # the thread ended meanwhile
+        return ""
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
