@@ -119,7 +119,7 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
     if probation.enabled:
         dataplane.observers.append(manager.guard.observe)
         dataplane.failure_observers.append(manager.guard.observe_failure)
-    shadows = ShadowMirror(settings.ort_intra_op_threads)
+    shadows = ShadowMirror(settings.ort_intra_op_threads, settings.shadow_sample_rate)
     observability = Observability(settings, dataplane, manager, shadows)
     # After the observability observers: capture decides first whether a request is sampled (capture.py).
     dataplane.observers.append(shadows.observe)

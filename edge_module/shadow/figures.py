@@ -9,6 +9,7 @@ from edge_module.shadow.mirror import ShadowMirror
 
 SUMMARY_FIELDS = (
     "version",
+    "sampleRate",
     "mirrored",
     "compared",
     "dropped",
@@ -37,7 +38,7 @@ def summaries(mirror: ShadowMirror) -> dict[str, dict[str, Any]]:
     """Per model with a running shadow: its figures in the twin's keys (telemetry, status page)."""
     result = {}
     for name, shadow in sorted(mirror.shadows.items()):
-        figures = {"version": shadow.version, **shadow.report()}
+        figures = {"version": shadow.version, "sampleRate": mirror.sample_rate, **shadow.report()}
         result[name] = {key: figures.get(key) for key in SUMMARY_FIELDS}
     return result
 

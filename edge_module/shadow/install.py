@@ -142,7 +142,8 @@ class ShadowInstaller:
     def report(self, name: str) -> None:
         figures = self.mirror.report(name)
         if figures is not None:
-            self.reported.set_shadow(name, {**_block("active", self.mirror.shadows[name].version, None), **figures})
+            block = {**_block("active", self.mirror.shadows[name].version, None), **figures}
+            self.reported.set_shadow(name, {**block, "sampleRate": self.mirror.sample_rate})
 
     def report_all(self) -> None:
         for name, ended in list(self.mirror.ended.items()):  # the worker process ended under them
@@ -175,6 +176,7 @@ async def _after(previous: asyncio.Task[None] | None, work: Coroutine[Any, Any, 
 
 
 STAT_FIELDS = (
+    "sampleRate",
     "mirrored",
     "compared",
     "dropped",

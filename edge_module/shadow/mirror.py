@@ -14,6 +14,7 @@ import fcntl
 import itertools
 import logging
 import os
+import random
 import subprocess
 import sys
 import termios
@@ -27,7 +28,7 @@ import numpy as np
 
 from edge_module.errors import EdgeError
 from edge_module.runtime import OnnxModel
-from edge_module.shadow.frames import FrameReader, WorkerGone, encode, write_all
+from edge_module.shadow.frames import FrameReader, WorkerGone, encode, pack, unpack, write_all
 from edge_module.shadow.stats import utc_now
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,12 @@ class Shadow:
 class ShadowMirror:
     """The module's side of the shadows: the worker process, the pipe, and the figures it sends back."""
 
-    def __init__(self, intra_op_threads: int = 1, pipe_bytes: int = PIPE_BYTES) -> None:
+    def __init__(
+        self, intra_op_threads: int = 1, sample_rate: float = 1.0, pipe_bytes: int = PIPE_BYTES, seed: int | None = None
+    ) -> None:
         self.intra_op_threads = intra_op_threads
+        self.sample_rate = sample_rate
+        self._random = random.Random(seed).random
         self.pipe_bytes = pipe_bytes
         self.shadows: dict[str, Shadow] = {}  # installed: mirrored on the hot path
         self.ended: dict[str, Shadow] = {}  # stopped by the worker's end, until reported
@@ -143,7 +148,7 @@ class ShadowMirror:
                 if shadow is not None and shadow.version == version:
                     shadow.figures = figures
         elif kind == "captured":
-            self._complete(message[1], message[2])
+            self._complete(message[1], None if message[2] is None else unpack(message[2]))
         elif kind in ("installed", "failed"):
             future = self._answers.pop((message[1], message[2]), None)
             if future is not None:
@@ -230,12 +235,14 @@ class ShadowMirror:
             self._taken = None
             return
         shadow = self.shadows.get(model.name)
-        if shadow is not None:
+        if shadow is not None and (self.sample_rate >= 1.0 or self._random() < self.sample_rate):
             self._mirror(shadow, inputs, results, total_ns, None)
 
     def take_capture(self, sample: Any, total_ns: int) -> bool:
         """DataCapture's hook for a sampled request: mirror it now, asking the worker for its outputs, and
-        hold the record until they come. False: no shadow, or the mirror was dropped (record it as is)."""
+        hold the record until they come. False: no shadow, or the mirror was dropped (record it as is).
+        A captured request is always mirrored, whatever the sample rate: captures are rare, and their rows are
+        the ones the cloud can study side by side."""
         shadow = self.shadows.get(sample.model)
         if shadow is None:
             return False
@@ -265,7 +272,8 @@ class ShadowMirror:
             return False
         handed_off = False
         try:
-            frame = encode(("job", shadow.name, shadow.version, inputs, results, total_ns / 1e6, capture_id))
+            job = ("job", shadow.name, shadow.version, pack(inputs), pack(results), total_ns / 1e6, capture_id)
+            frame = encode(job)
             if len(frame) > PIPE_BUF and _unread(self._fd) + len(frame) > self._capacity:
                 shadow.dropped += 1
                 return False

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from edge_module.shadow.frames import FrameReader, WorkerGone, encode, write_all
+from edge_module.shadow.frames import FrameReader, Packed, WorkerGone, encode, pack, unpack, write_all
 
 log = logging.getLogger("edge_module.shadow.worker")
 STATS_SECONDS = 0.5
@@ -98,11 +98,12 @@ class Worker:
         self,
         name: str,
         version: str,
-        inputs: dict[str, Any],
-        active: dict[str, Any],
+        packed_inputs: Packed,
+        packed_active: Packed,
         active_ms: float,
         capture_id: int | None,
     ) -> None:
+        inputs, active = unpack(packed_inputs), unpack(packed_active)
         running = self.shadows.get(name)
         if running is None or running.model.version != version:  # removed or replaced since it was sent
             if capture_id is not None:
@@ -120,7 +121,7 @@ class Worker:
             running.stats.record(active, outputs, active_ms, (time.perf_counter_ns() - started) / 1e6)
         running.changed = True
         if capture_id is not None:
-            self.send("captured", capture_id, outputs)
+            self.send("captured", capture_id, None if outputs is None else pack(outputs))
 
     def send_stats(self) -> None:
         changed = {name: running for name, running in self.shadows.items() if running.changed}

@@ -173,7 +173,10 @@ def test_a_captured_request_carries_the_shadows_outputs(tmp_path: Path) -> None:
         capture.drain()
         for path in sorted((tmp_path / "capture").glob("*.jsonl")):
             written.extend(orjson.loads(line) for line in path.read_bytes().splitlines())
-        return len(written) == len(rows) or bool(written.clear())
+        if len(written) == len(rows):
+            return True
+        written.clear()
+        return False
 
     _wait(drained)
     assert _figures(mirror)["mirrored"] == len(rows)  # each request was mirrored once
@@ -184,4 +187,20 @@ def test_a_captured_request_carries_the_shadows_outputs(tmp_path: Path) -> None:
         assert record["shadowOutputs"]["label"] == int(candidate.estimator.predict(row[np.newaxis, :])[0])
         probabilities = candidate.estimator.predict_proba(row[np.newaxis, :])[0]
         assert record["shadowOutputs"]["probabilities"] == pytest.approx(probabilities.tolist(), abs=1e-5)
+    mirror.close()
+
+
+def test_the_sample_rate_mirrors_that_share_of_requests(tmp_path: Path) -> None:
+    active = iris_classifier("1")
+    v1 = _model("iris", active.onnx)
+    mirror = ShadowMirror(sample_rate=0.3, seed=7)
+    asyncio.run(mirror.install("iris", "2", *_file(tmp_path, iris_classifier("2", n_estimators=1), "2")))
+    inputs = {"input": active.x_test[:1]}
+    results = v1.run(inputs)
+    for _ in range(2000):
+        mirror.observe(v1, inputs, results, 0, 1, 1, "c")
+    report = _figures(mirror)
+    # Binomial(2000, 0.3): mean 600, standard deviation 20.5; the seed makes the draw fixed.
+    assert 520 < report["mirrored"] < 680 and report["dropped"] == 0
+    _wait(lambda: _figures(mirror).get("compared") == report["mirrored"])
     mirror.close()

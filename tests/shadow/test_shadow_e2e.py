@@ -34,7 +34,7 @@ def test_a_shadow_mirrors_live_traffic_its_agreement_matches_sklearn_and_null_un
     v1 = releases.release("iris", "1", active.onnx, key=key)
     v2 = releases.release("iris", "2", candidate.onnx, key=key)
     forged = releases.release("iris", "2", candidate.onnx, key=Ed25519PrivateKey.generate())
-    env = {"EDGE_TRUSTED_KEYS": str(keys_file), "EDGE_TELEMETRY_INTERVAL": "1"}
+    env = {"EDGE_TRUSTED_KEYS": str(keys_file), "EDGE_TELEMETRY_INTERVAL": "1", "EDGE_SHADOW_SAMPLE_RATE": "1"}
     edge = start_edge(desired={"models": {"iris": v1}, "shadows": {"iris": forged}}, env=env)
     edge.hub.wait_model_state("iris", "active", activeVersion="1")
 
@@ -94,6 +94,7 @@ def test_a_shadow_mirrors_live_traffic_its_agreement_matches_sklearn_and_null_un
         "metrics", lambda m: (m.json().get("shadows", {}).get("iris") or {}).get("compared") == requests
     )
     assert telemetry.json()["shadows"]["iris"]["agreement"] == pytest.approx(expected, abs=1e-9)
+    assert edge.module.process is not None
     worker = _children(edge.module.process.pid)
     assert len(worker) == 1  # the shadow runs in a worker process of its own
 
