@@ -53,8 +53,8 @@ class ShadowInstaller:
 
     def apply(self, desired: Any, full: bool) -> None:
         """Desired ``shadows`` from a full twin (replaces) or a patch (merges; null removes)."""
-        if desired is None:
-            desired = {}
+        if desired is None:  # a patch's null removes every shadow (RFC 7386), as a twin without the key has none
+            desired, full = {}, True
         if not isinstance(desired, dict):
             log.error("desired 'shadows' must be an object of releases by model name")
             return
