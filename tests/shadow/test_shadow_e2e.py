@@ -13,7 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from tests.observability.test_status_page import Cells, chromium
 from tests.support.models import iris_classifier
+from tests.support.system import require_binary
 from tests.twin.conftest import EdgeFactory, v2_request
 from tests.twin.release_server import ReleaseServer
 
@@ -94,6 +96,9 @@ def test_a_shadow_mirrors_live_traffic_its_agreement_matches_sklearn_and_null_un
         "metrics", lambda m: (m.json().get("shadows", {}).get("iris") or {}).get("compared") == requests
     )
     assert telemetry.json()["shadows"]["iris"]["agreement"] == pytest.approx(expected, abs=1e-9)
+    cells = Cells()
+    cells.feed(chromium(require_binary("chromium"), tmp_path / "profile", "--dump-dom", edge.module.url + "/").stdout)
+    assert cells.rows[("iris", "1")]["shadow"].startswith(f"v2: {requests} compared, agreement {expected:.4f}")
     assert edge.module.process is not None
     worker = _children(edge.module.process.pid)
     assert len(worker) == 1  # the shadow runs in a worker process of its own
