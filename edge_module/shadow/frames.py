@@ -59,6 +59,29 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+class FrameBuffer:
+    """Whole frames out of bytes read in arbitrary pieces (the worker reads its pipe in large gulps)."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def feed(self, chunk: bytes) -> list[tuple[Any, ...]]:
+        self._data += chunk
+        messages = []
+        offset = 0
+        while len(self._data) - offset >= HEADER:
+            size = int.from_bytes(self._data[offset : offset + HEADER], "little")
+            if size > MAX_FRAME:
+                raise WorkerGone(f"frame of {size} bytes: the stream is corrupt")
+            end = offset + HEADER + size
+            if len(self._data) < end:
+                break
+            messages.append(pickle.loads(self._data[offset + HEADER : end]))
+            offset = end
+        del self._data[:offset]
+        return messages
+
+
 class FrameReader:
     """Reads whole frames from a blocking file descriptor."""
 
