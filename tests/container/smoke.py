@@ -73,6 +73,7 @@ class SmokeResult:
     model_metadata: dict[str, Any]
     infer_response: dict[str, Any]
     expected_label: int
+    expected_probabilities: list[float]
     vetted_load_status: int
     vetted_version_answer: dict[str, Any]
     bytecode_dirs: dict[str, int]
@@ -81,13 +82,14 @@ class SmokeResult:
     env: dict[str, str]
 
 
-def expected_label() -> int:
+def expected_answer() -> tuple[int, list[float]]:
+    """The host's onnxruntime's label and class probabilities for WINE_ROW on the default model."""
     import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(DEFAULT_MODEL), providers=["CPUExecutionProvider"])
-    label = session.run(["label"], {"input": np.array([WINE_ROW], dtype=np.float32)})[0]
-    return int(label[0])
+    label, probabilities = session.run(["label", "probabilities"], {"input": np.array([WINE_ROW], dtype=np.float32)})
+    return int(label[0]), [float(p) for p in probabilities[0]]
 
 
 @contextmanager
@@ -184,6 +186,7 @@ def smoke(ref: str, log_path: Path) -> SmokeResult:
             second = client.post(f"{url}/v2/models/wine/versions/2/infer", json=body).json()
             healthcheck = box.run(info.config["Healthcheck"]["Test"][1:], env={"EDGE_PORT": url.rsplit(":", 1)[1]})
             grpc_answer = grpc_label(f"127.0.0.1:{grpc_port}", timeout=30 * patience)
+        label, probabilities = expected_answer()
         return SmokeResult(
             image=ref,
             architecture=info.architecture,
@@ -200,7 +203,8 @@ def smoke(ref: str, log_path: Path) -> SmokeResult:
             ready_seconds=round(ready_seconds, 2),
             model_metadata=metadata,
             infer_response=answer.json(),
-            expected_label=expected_label(),
+            expected_label=label,
+            expected_probabilities=probabilities,
             vetted_load_status=loaded.status_code,
             vetted_version_answer=second,
             bytecode_dirs={d: len(list((box.rootfs / d).glob("*.pyc"))) for d in BYTECODE_DIRS},
@@ -249,6 +253,12 @@ def problems(result: SmokeResult) -> list[str]:
     outputs = {output["name"]: output["data"] for output in result.infer_response.get("outputs", [])}
     if result.infer_response.get("model_name") != "wine" or outputs.get("label") != [result.expected_label]:
         found.append(f"infer answered {result.infer_response}, expected label {result.expected_label}")
+    # Another CPU (or its emulation) may round differently in the last bits, never more.
+    probabilities = outputs.get("probabilities") or []
+    if len(probabilities) != len(result.expected_probabilities) or any(
+        abs(got - expected) > 1e-5 for got, expected in zip(probabilities, result.expected_probabilities, strict=True)
+    ):
+        found.append(f"infer answered probabilities {probabilities}, expected {result.expected_probabilities}")
     if result.vetted_load_status != 200 or result.vetted_version_answer.get("model_version") != "2":
         found.append(f"loading a vetted version 2 answered {result.vetted_load_status}: {result.vetted_version_answer}")
     for directory, count in result.bytecode_dirs.items():
