@@ -13,8 +13,9 @@ MIDR registers) and sysfs lists its processors, so the image ships nothing for i
 what such a kernel shows for the CPU qemu emulates: qemu is pinned to a Cortex-A72 (`QEMU_CPU`, the Raspberry
 Pi 4's core) and that CPU's `/proc/cpuinfo` is bind-mounted over the host's. `buildah run --isolation chroot`
 mounts `/proc` after the volumes, so a volume cannot cover `/proc/cpuinfo`: the command starts as root in a
-mount namespace of its own, binds the file, then drops to the image's user and the default capability bounding
-set (`setpriv`, util-linux) before it execs the image's command.
+mount namespace of its own, binds the file, then drops to the image's user (and its HOME) and the default
+capability bounding set (`setpriv`, util-linux) before it execs the image's command: the same uid, gids,
+capabilities, HOME and working directory as a plain `buildah run`, with QEMU_CPU added to the environment.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ CORTEX_A72 = (
     "CPU revision\t: 3\n"
 )
 CPUINFO_IN_CONTAINER = "/run/emulated-cpuinfo"
+# HOME as `buildah run` sets it for the image's user, which it would otherwise set for root.
 BIND_THEN_DROP = (
     'mount --bind "$1" /proc/cpuinfo && user=$2 && shift 2'
+    ' && home=$(getent passwd "${user%:*}" | cut -d: -f6) && export HOME="${home:-/}"'
     ' && exec setpriv --reuid "${user%:*}" --regid "${user#*:}" --clear-groups --bounding-set -sys_admin -- "$@"'
 )
 # Deadlines under instruction translation: the arm64 module took 7 to 9 s to be ready against 1.3 to 4.3 s for
