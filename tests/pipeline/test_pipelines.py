@@ -3,8 +3,10 @@ the same sequence, secrets come from the CI's secret stores, and the local run g
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +45,7 @@ SEQUENCE = [
 ]
 STEPS = [
     "tests",
+    "arm64 image",
     "train",
     "plan",
     "parity gate",
@@ -132,6 +135,31 @@ def test_azure_skips_the_rollout_when_there_is_nothing_to_deploy_and_rolls_back_
     assert stages["rollback"]["dependsOn"] == [] and stages["fleet"]["dependsOn"] == ["canary", "shadow"]
     assert stages["shadow"]["condition"] == "and(succeeded(), ne(variables['SHADOW_MIN_AGREEMENT'], ''))"
     assert "in(dependencies.shadow.result, 'Succeeded', 'Skipped')" in stages["fleet"]["condition"]
+
+
+def test_both_ci_definitions_build_and_serve_the_arm64_image_on_an_arm64_machine_before_training() -> None:
+    azure, github = (yaml.safe_load(path.read_text()) for path in (AZURE, GITHUB))
+    [azure_tests] = [stage for stage in azure["stages"] if stage["stage"] == "tests"]
+    azure_job = {job["job"]: job for job in azure_tests["jobs"]}["arm64"]
+    github_job = github["jobs"]["arm64"]
+    variables = {v.get("name"): v.get("value") for v in azure["variables"]}
+
+    assert github_job["runs-on"] == "ubuntu-24.04-arm"
+    assert azure_job["pool"] == {
+        "name": "${{ variables.ARM64_POOL }}",
+        "demands": "Agent.OSArchitecture -equals ARM64",
+    }
+    assert variables["ARM64_POOL"]  # read when the pipeline compiles, so it cannot come from the variable group
+    assert github_job["if"] == github["jobs"]["tests"]["if"]
+    assert set(github["jobs"]["build"]["needs"]) == {"tests", "arm64"}
+    scripts = shell_scripts(azure_job) + shell_scripts(github_job)
+    assert len(scripts) == 2 and scripts[0] == scripts[1]
+    command = shlex.split(scripts[0])
+    assert command[:5] == ["sudo", "env", "PATH=$PATH", "EDGE_BUILD_ARM64=1", "bash"]
+    # The test it selects exists (a renamed test would select nothing and pass).
+    path, _, name = command[-1].partition("::")
+    assert (command[-2], path) == (".ci/run", "tests/container/test_image.py")
+    assert callable(getattr(importlib.import_module("tests.container.test_image"), name, None))
 
 
 @pytest.mark.parametrize("path", [AZURE, GITHUB], ids=lambda p: p.name)
