@@ -15,7 +15,6 @@ from typing import Any
 
 from edge_module.errors import EdgeError
 from edge_module.manager import ModelManager
-from edge_module.model_check import check_in_subprocess
 from edge_module.release import Release, ReleaseError, SignatureError, parse_release, verify_signature
 from edge_module.shadow.mirror import ShadowMirror
 from edge_module.twin.fetch import FetchPolicy, fetch_release
@@ -123,8 +122,9 @@ class ShadowInstaller:
         size = (await asyncio.to_thread(path.stat)).st_size
         if size > self.manager.max_model_bytes:
             raise ShadowRefused(f"shadow is {size} bytes, over the {self.manager.max_model_bytes}-byte cap")
-        if self.manager.vet_models:
-            await asyncio.to_thread(check_in_subprocess, path, self.manager.max_model_bytes)
+        need = await self.manager.vet_shadow(name, path)
+        # The worker is a process of its own: the first shadow pays for its interpreter too.
+        await self.manager.check_room(name, need, "run as a shadow", new_process=self.mirror.pid is None)
         inputs = await self.mirror.install(name, release.version, release.sha256, str(path))
         served = self.manager.repository.served(name)
         active = None if served is None else [spec.as_dict() for spec in served.active.inputs]
