@@ -7,34 +7,26 @@ Settings come from the environment (``EDGE_*``), as for ``python -m edge_module`
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_module.module import EdgeModule, build_module
-from edge_module.server import serve
+from edge_module.module import EdgeModule
+from edge_module.server import Service, run
 from edge_module.settings import Settings
 
 log = logging.getLogger("benchmarks.shadow_server")
 
 
-async def _install(module: EdgeModule, name: str, path: Path) -> None:
-    await module.started.wait()
-    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-    await module.shadows.install(name, "shadow", sha256, str(path))
-    log.warning("shadow of %s installed", name)
+def _installer(name: str, path: Path) -> Service:
+    async def install(module: EdgeModule) -> None:
+        await module.started.wait()
+        sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        await module.shadows.install(name, "shadow", sha256, str(path))
+        log.warning("shadow of %s installed", name)
 
-
-async def _main(name: str, model: Path, shadow: Path | None) -> None:
-    module = build_module(Settings(), {name: model})
-    installing = asyncio.create_task(_install(module, name, shadow)) if shadow is not None else None
-    try:
-        await serve(module)
-    finally:
-        if installing is not None:
-            installing.cancel()
+    return install
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,8 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shadow", type=Path, help="the shadow model's file (same inputs)")
     args = parser.parse_args(argv)
     name, _, path = args.model.partition("=")
-    asyncio.run(_main(name, Path(path), args.shadow))
-    return 0
+    # The module's own runner (uvloop, as python -m edge_module runs); the shadow is installed as a service.
+    services = (_installer(name, args.shadow),) if args.shadow is not None else ()
+    return run(Settings(), {name: Path(path)}, services)
 
 
 if __name__ == "__main__":

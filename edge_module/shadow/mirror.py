@@ -19,6 +19,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,9 @@ from edge_module.shadow.frames import FrameReader, WorkerGone, encode, pack, unp
 from edge_module.shadow.stats import utc_now
 
 log = logging.getLogger(__name__)
-PIPE_BYTES = 1 << 20
+PIPE_BYTES = 256 * 1024  # about a thousand one-row requests: tens of milliseconds of the worker's time
+PAUSE_MIN_SECONDS = 0.05
+PAUSE_MAX_SECONDS = 1.0
 PIPE_BUF = 4096  # POSIX: a write of at most this many bytes to a pipe is all or nothing
 PENDING_CAPTURES = 256
 
@@ -78,6 +81,8 @@ class ShadowMirror:
         self._captures: OrderedDict[int, Any] = OrderedDict()
         self._capture_ids = itertools.count(1)
         self._taken: object | None = None
+        self._paused_until = 0.0
+        self._backoff = PAUSE_MIN_SECONDS
         self._state = threading.Lock()
 
     # -- the worker process ----------------------------------------------------------------------
@@ -267,7 +272,10 @@ class ShadowMirror:
         total_ns: int,
         capture_id: int | None,
     ) -> bool:
-        if not self._write.acquire(blocking=False):  # a control message or a long frame is being written
+        # A full pipe means the device had no idle CPU for the worker: mirror nothing for a while (counted as
+        # dropped), so the worker drains its backlog and rests instead of fighting the serving thread for
+        # every idle microsecond while the device is saturated.
+        if time.monotonic() < self._paused_until or not self._write.acquire(blocking=False):
             shadow.dropped += 1
             return False
         handed_off = False
@@ -275,20 +283,29 @@ class ShadowMirror:
             job = ("job", shadow.name, shadow.version, pack(inputs), pack(results), total_ns / 1e6, capture_id)
             frame = encode(job)
             if len(frame) > PIPE_BUF and _unread(self._fd) + len(frame) > self._capacity:
-                shadow.dropped += 1
+                self._full(shadow)
                 return False
             written = os.write(self._fd, frame)
             shadow.mirrored += 1
+            self._backoff = PAUSE_MIN_SECONDS
             if written < len(frame):  # a long frame only partly fitted: finish it off the hot path
                 threading.Thread(target=self._finish, args=(frame[written:],), daemon=True).start()
                 handed_off = True
             return True
-        except OSError:  # full (BlockingIOError), or the worker is gone: its reader reports that
+        except BlockingIOError:
+            self._full(shadow)
+            return False
+        except OSError:  # the worker is gone: its reader reports that
             shadow.dropped += 1
             return False
         finally:
             if not handed_off:
                 self._write.release()
+
+    def _full(self, shadow: Shadow) -> None:
+        shadow.dropped += 1
+        self._paused_until = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, PAUSE_MAX_SECONDS)
 
     def _finish(self, rest: bytes) -> None:
         try:
