@@ -111,16 +111,20 @@ def server(
             process.wait()
 
 
-def module_server(refs: dict[str, Reference], workdir: Path, batching: tuple[int, float] | None) -> Any:
-    port = free_port()
-    store = Path(tempfile.mkdtemp(dir=workdir, prefix="store-"))
-    env = {
+def module_env(port: int, workdir: Path) -> dict[str, str]:
+    """The module's settings for a benchmark run: loopback, a fresh store, no default model, quiet logs."""
+    return {
         "EDGE_HOST": "127.0.0.1",
         "EDGE_PORT": str(port),
-        "EDGE_MODEL_DIR": str(store),
+        "EDGE_MODEL_DIR": tempfile.mkdtemp(dir=workdir, prefix="store-"),
         "EDGE_SERVE_DEFAULT_MODEL": "false",
         "EDGE_LOG_LEVEL": "WARNING",
     }
+
+
+def module_server(refs: dict[str, Reference], workdir: Path, batching: tuple[int, float] | None) -> Any:
+    port = free_port()
+    env = module_env(port, workdir)
     if batching:
         env["EDGE_BATCH_MAX_SIZE"] = str(batching[0])
         env["EDGE_BATCH_MAX_DELAY_MS"] = str(batching[1])

@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks.load import LoadResult, free_port, run_wrk, warm_up
 from benchmarks.models import Reference, reference
-from benchmarks.run import LOAD_CORE, Server, bodies, server
+from benchmarks.run import LOAD_CORE, Server, bodies, module_env, server
 from cloud.export import to_onnx_single_tensor
 from edge_module.model_contract import Feature, ModelMetadata
 
@@ -60,15 +60,7 @@ def candidate(ref: Reference, cache: Path) -> Path:
 @contextmanager
 def module(ref: Reference, shadow: Path | None, workdir: Path, config: str, rate: float | None) -> Iterator[Server]:
     port = free_port()
-    store = Path(tempfile.mkdtemp(dir=workdir, prefix="store-"))
-    env = {
-        "EDGE_HOST": "127.0.0.1",
-        "EDGE_PORT": str(port),
-        "EDGE_MODEL_DIR": str(store),
-        "EDGE_SERVE_DEFAULT_MODEL": "false",
-        "EDGE_LOG_LEVEL": "WARNING",
-        "EDGE_SHADOW_SAMPLE_RATE": str(rate or 1.0),
-    }
+    env = {**module_env(port, workdir), "EDGE_SHADOW_SAMPLE_RATE": str(rate or 1.0)}
     name = "shadow-" + "".join(c if c.isalnum() else "-" for c in config)
     command = [sys.executable, "-m", "benchmarks.shadow_server", "--model", f"{ref.name}={ref.path}"]
     if shadow is not None:

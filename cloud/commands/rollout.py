@@ -239,11 +239,9 @@ def _published_release(args: argparse.Namespace, registry: Any, entry: Any) -> A
 
 
 def _shadow_rollout(args: argparse.Namespace, client: Any) -> Any:
-    from cloud.rollout.deployer import Waiting
     from cloud.rollout.shadow import ShadowRollout
 
-    waiting = Waiting(timeout_seconds=args.timeout, poll_seconds=args.poll)
-    return ShadowRollout(client, module=args.module, priority_base=args.priority_base, waiting=waiting, log=_say)
+    return ShadowRollout(_rollout(args, client))
 
 
 def _shadow(args: argparse.Namespace) -> int:
@@ -270,7 +268,7 @@ def _promote_if_agrees(args: argparse.Namespace) -> int:
     with _client(args) as client:
         shadows = _shadow_rollout(args, client)
         try:
-            verdict, result = shadows.promote_if_agrees(args.name, criteria, args.ring, _rollout(args, client))
+            verdict, result = shadows.promote_if_agrees(args.name, criteria, args.ring)
         except ShadowDisagrees:
             _write_json(args.out, _figures(shadows.judge(args.name, criteria)))
             raise

@@ -12,7 +12,6 @@ deletes the shadow deployment after the promoted ring is active, which removes t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +19,7 @@ from cloud.releases.errors import TemplateError
 from cloud.releases.fleet import ShadowStatus, shadow_statuses, status_query, targeted_query
 from cloud.releases.schemas import twin_limit_problems
 from cloud.rollout import naming
-from cloud.rollout.deployer import Hub, RingResult, Rollout, Waiting
+from cloud.rollout.deployer import RingResult, Rollout
 from cloud.rollout.errors import RolloutError, RolloutFailed, RolloutTimeout
 from edge_module.release import Release, ReleaseError, parse_release
 
@@ -99,20 +98,14 @@ class Verdict:
 
 
 class ShadowRollout:
-    def __init__(
-        self,
-        hub: Hub,
-        *,
-        module: str = "edge-inference",
-        priority_base: int = naming.DEFAULT_PRIORITY_BASE,
-        waiting: Waiting | None = None,
-        log: Callable[[str], None] = lambda line: None,
-    ) -> None:
-        self.hub = hub
-        self.module = module
-        self.priority_base = priority_base
-        self.waiting = waiting or Waiting()
-        self.log = log
+    """Shadow deployments beside a ``Rollout``: the same hub, module, priority base, waiting and log."""
+
+    def __init__(self, rollout: Rollout) -> None:
+        self.rollout = rollout
+        self.hub = rollout.hub
+        self.module = rollout.module
+        self.waiting = rollout.waiting
+        self.log = rollout.log
 
     def deployed(self, model: str) -> list[ShadowDeployment]:
         """This model's shadow deployments, oldest first."""
@@ -150,7 +143,7 @@ class ShadowRollout:
             "labels": naming.labels(release.name, release.version, release.sha256, number, RING),
             "content": {"modulesContent": {self.module: {PATH_PREFIX + release.name: block}}},
             "targetCondition": target_condition,
-            "priority": self.priority_base + number,
+            "priority": self.rollout.priority_base + number,
             "metrics": {"queries": _metric_queries(release, self.module)},
         }
         created = self.hub.put_configuration(configuration)
@@ -215,9 +208,7 @@ class ShadowRollout:
                 verdict.passed[device] = row
         return verdict
 
-    def promote_if_agrees(
-        self, model: str, criteria: Criteria, ring: str, rollout: Rollout
-    ) -> tuple[Verdict, RingResult]:
+    def promote_if_agrees(self, model: str, criteria: Criteria, ring: str) -> tuple[Verdict, RingResult]:
         """Wait until every device compared enough requests; promote the shadow to ``models.<name>`` on the
         shadow's own target condition (as ``ring`` of the rollout) only if every one agrees."""
         deadline = self.waiting.clock() + self.waiting.timeout_seconds
@@ -237,7 +228,7 @@ class ShadowRollout:
             f"{len(verdict.passed)} device(s) agree (lowest agreement {min(agreements):.4f}): promoting "
             f"{model} version {deployment.release.version} on the {ring} ring"
         )
-        result = rollout.deploy_ring(deployment.release, ring, deployment.target_condition)
+        result = self.rollout.deploy_ring(deployment.release, ring, deployment.target_condition)
         for shadow in self.deployed(model):
             self.hub.delete_configuration(shadow.id, shadow.etag)
             self.log(f"deleted {shadow.id} (promoted)")
