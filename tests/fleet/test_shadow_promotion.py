@@ -148,6 +148,11 @@ def test_an_agreeing_shadow_is_promoted_and_a_disagreeing_one_is_refused_naming_
             infer(modules[0], np.repeat(rows[differ], 10 // int(differ.sum()) + 1, axis=0)[:10])
             for module in modules[1:]:
                 infer(module, rows[~differ][:10])
+            # Every site has reported its ten compared requests: the verdict below is on all three, not on
+            # whichever site's figures reached the hub first.
+            wait_until(
+                lambda: all(t.get("shadows", {}).get("iris", {}).get("compared") == 10 for t in twins(client).values())
+            )
             promote = ["rollout", "promote-if-agrees", "iris", "--min-agreement", "0.95", "--min-compared", "10"]
             promote += ["--ring", "canary", "--out", str(tmp_path / "verdict-3.json")]
             capsys.readouterr()

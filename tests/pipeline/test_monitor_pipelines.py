@@ -29,17 +29,30 @@ GITHUB = REPO / ".github" / "workflows" / "monitor.yml"
 MLOPS_AZURE = REPO / "azure-pipelines.yml"
 MLOPS_GITHUB = REPO / ".github" / "workflows" / "mlops.yml"
 # monitor, retrain (the challenger gets the alias `challenger`), then mlops.yml's rollout path: plan, release,
-# canary ring, fleet ring, record production.
+# canary ring, the optional shadow stage, fleet ring, record production.
 SEQUENCE = [
     ("monitor", None),
     ("retrain", None),
     ("rollout", "plan"),
     ("release", None),
     ("rollout", "deploy"),
+    ("rollout", "shadow"),
+    ("rollout", "promote-if-agrees"),
     ("rollout", "deploy"),
     ("rollout", "promote"),
 ]
-STEPS = ["monitor", "labels", "retrain", "plan", "release", "deploy canary", "deploy fleet", "record production"]
+STEPS = [
+    "monitor",
+    "labels",
+    "retrain",
+    "plan",
+    "release",
+    "deploy canary",
+    "shadow",
+    "promote if agrees",
+    "deploy fleet",
+    "record production",
+]
 PLUMBING = {"setup", "collect the release", "nothing to deploy"}
 SECRETS = [
     "IOTHUB_CONNECTION_STRING",
@@ -67,8 +80,8 @@ def test_both_run_the_same_commands_on_a_schedule_only() -> None:
     assert set(triggers) == {"schedule", "workflow_dispatch"} and triggers["schedule"][0]["cron"]
     azure = yaml.safe_load(AZURE.read_text())
     assert azure["trigger"] == "none" and azure["pr"] == "none" and azure["schedules"][0]["always"] is True
-    assert [s["stage"] for s in azure["stages"]] == ["monitor", "retrain", "canary", "fleet"]
-    assert list(github["jobs"]) == ["monitor", "retrain", "canary", "fleet"]
+    assert [s["stage"] for s in azure["stages"]] == ["monitor", "retrain", "canary", "shadow", "fleet"]
+    assert list(github["jobs"]) == ["monitor", "retrain", "canary", "shadow", "fleet"]
     assert [name for name in step_names(azure) if name not in PLUMBING] == STEPS
     assert [name for name in step_names(github) if name not in PLUMBING] == STEPS
 
@@ -79,6 +92,7 @@ def test_the_rings_are_those_of_the_mlops_pipelines() -> None:
     github, mlops_github = (yaml.safe_load(p.read_text())["jobs"] for p in (GITHUB, MLOPS_GITHUB))
     assert github["canary"] == {**mlops_github["canary"], "needs": "retrain",
                                 "if": "needs.retrain.outputs.deploy == 'true'"}  # fmt: skip
+    assert github["shadow"] == mlops_github["shadow"]  # the optional shadow stage, the same
     assert github["fleet"] == mlops_github["fleet"]
     assert github["retrain"]["outputs"] == {"deploy": "${{ steps.plan.outputs.deploy }}"}
     azure, mlops_azure = (
@@ -86,6 +100,7 @@ def test_the_rings_are_those_of_the_mlops_pipelines() -> None:
     )
     condition = "and(succeeded(), eq(dependencies.retrain.outputs['retrain.plan.deploy'], 'true'))"
     assert azure["canary"] == {**mlops_azure["canary"], "dependsOn": "retrain", "condition": condition}
+    assert azure["shadow"] == mlops_azure["shadow"]
     assert azure["fleet"] == mlops_azure["fleet"]
     for path, name in ((GITHUB, "monitor.yml"), (MLOPS_GITHUB, "mlops.yml")):
         assert yaml.safe_load(path.read_text())["env"]["CLOUD_REGISTRY"] == "azureml:", name
