@@ -2,7 +2,7 @@
 
 Three real module servers (``benchmarks.shadow_server``) serve the benchmark's small model (a 100-tree
 forest, 30 features): one without a shadow, two with a different real forest as its shadow, mirrored at the
-module's default sample rate (``EDGE_SHADOW_SAMPLE_RATE``, 0.2) and at 1 (every request). All are pinned to
+sample rate (``EDGE_SHADOW_SAMPLE_RATE``) 0.2 and at 1 (every request, the module's default). All are pinned to
 core 0 (the shadow worker inherits the pinning, so it competes for the very core the module serves on: the
 worst case, a device with no idle core) and wrk runs on core 1. Rounds alternate which server goes first;
 figures are medians over rounds. The bar
@@ -31,7 +31,7 @@ from benchmarks.run import LOAD_CORE, Server, bodies, module_env, server
 from cloud.export import to_onnx_single_tensor
 from edge_module.model_contract import Feature, ModelMetadata
 
-# name -> the shadow's sample rate (None: no shadow). The module's default rate, and every request.
+# name -> the shadow's sample rate (None: no shadow): one request in five, and every request (the default).
 CONFIGS: dict[str, float | None] = {"off": None, "on, rate 0.2": 0.2, "on, rate 1": 1.0}
 C1_BAR = 1.1
 C32_BAR = 0.9
