@@ -21,6 +21,7 @@ from edge_module.twin.fetch import FetchPolicy
 from edge_module.twin.pipeline import ModelUpdater
 from edge_module.twin.reconcile import Reconciler
 from edge_module.twin.reported import ReportedState
+from edge_module.twin.spread import DownloadSpread
 
 log = logging.getLogger(__name__)
 MAX_CONCURRENT_REQUESTS = 16
@@ -56,7 +57,8 @@ class TwinSync:
             attempts=settings.download_attempts,
             backoff=settings.download_backoff,
         )
-        updater = ModelUpdater(module.manager, policy, keys, self.reported, keys_error)
+        spread = DownloadSpread(settings.download_spread_s)
+        updater = ModelUpdater(module.manager, policy, keys, self.reported, keys_error, spread)
         self.reconciler = Reconciler(updater, self.reported, settings.update_retry_interval)
         self.router = MessageRouter(module.dataplane, default_model)
         self.methods = DirectMethods(module.manager, self.reported.model, self._on_rollback)
