@@ -73,7 +73,10 @@ def make_app(upstream: str) -> web.Application:
     app = web.Application()
 
     async def session_context(app: web.Application) -> Any:
-        connector = TCPConnector(limit=0)  # no client-side cap: the endpoint sees what devices send
+        # No client-side cap: the endpoint sees what devices send. No pooled upstream connection either: each
+        # device opens its own to the endpoint, and a pooled one the endpoint closed while idle (Azurite's
+        # keep-alive timeout) would fail a request that no device's own connection would have failed.
+        connector = TCPConnector(limit=0, force_close=True)
         app["session"] = ClientSession(connector=connector, auto_decompress=False, timeout=ClientTimeout(total=None))
         yield
         await app["session"].close()

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load import process_cpu_ns, rss_mb
+from benchmarks.load import rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = "edge-inference"
@@ -56,7 +56,8 @@ MODEL = "iris"
 
 
 class SharedBroker:
-    """One mosquitto on 127.0.0.1 (plain MQTT) for every simulated device and the hub; restartable."""
+    """One mosquitto on 127.0.0.1 (plain MQTT) for every simulated device and the hub; restartable, keeping
+    its persistent sessions (the hub side's)."""
 
     def __init__(self, directory: Path) -> None:
         from tests.support.server import free_port
@@ -70,7 +71,10 @@ class SharedBroker:
     def start(self) -> SharedBroker:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "mosquitto.conf"
-        lines = ["allow_anonymous true", "persistence false", f"listener {self.port} 127.0.0.1", "max_keepalive 60"]
+        # Persistent sessions survive a restart, as the hub's do: the hub side's subscriptions hold, and what
+        # devices send while it reconnects waits for it instead of going nowhere.
+        lines = ["allow_anonymous true", "persistence true", f"persistence_location {self.directory}/"]
+        lines += ["autosave_interval 5", f"listener {self.port} 127.0.0.1", "max_keepalive 60"]
         lines += [f"log_dest file {self.directory / 'mosquitto.log'}", "log_type error", "log_type warning"]
         if os.geteuid() == 0:
             lines.insert(0, "user root")
@@ -210,12 +214,18 @@ class Sampler:
         seconds = {}
         for name, pid in self.processes.items():
             with contextlib.suppress(OSError):
-                seconds[name] = process_cpu_ns(pid) / 1e9
+                seconds[name] = process_cpu_seconds(pid)
         return seconds
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system time of the whole process, threads that ended included (the hub restart ends some)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
