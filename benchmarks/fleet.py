@@ -637,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"unknown scenario(s): {', '.join(unknown)}\n")
         return 2
     scenarios = [SCENARIOS[name](args.spread) for name in names]
+    # A SIGTERM stops the run like Ctrl-C: the exit stack stops the device processes, brokers and Azurite.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with _work_dir(args.work_dir) as work, contextlib.ExitStack() as stack:
         started = time.monotonic()
         bench = Bench(args, work, stack)
