@@ -19,7 +19,8 @@ What it does not run, and why (``docs/fleet-scale.md`` measures how close it sta
 - the pre-activation model check in a subprocess (``EDGE_VET_MODELS``): a process per device per release;
 - the memory headroom check before a load: many devices share one process, whose headroom says nothing
   about one device's;
-- HTTP serving, edgeHub messages, direct methods, telemetry and the post-swap probation (off by default).
+- HTTP serving, edgeHub messages, direct methods, telemetry, and the post-swap probation (it watches served
+  requests, and a simulated device serves none; the real module reports a ``probation`` block after a swap).
 
 Run by ``benchmarks/fleet.py`` as ``python -m benchmarks.fleet_device CONFIG.json``.
 """

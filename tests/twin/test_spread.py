@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,23 +53,44 @@ def requests(releases: ReleaseServer, version: str) -> int:
     return len(releases.files[f"/models/iris/{version}/model.onnx"].requests)
 
 
+class RecordingState(ReportedState):
+    """The module's reported state, keeping every model block it was given, when, and how many requests the
+    release server had seen by then."""
+
+    def __init__(self, requests_so_far: Callable[[], int]) -> None:
+        super().__init__()
+        self.requests_so_far = requests_so_far
+        self.history: list[tuple[float, datetime, dict[str, Any], int]] = []
+
+    def set_model(self, name: str, state: str, *args: Any, **kwargs: Any) -> None:
+        super().set_model(name, state, *args, **kwargs)
+        block = self.model(name) or {}
+        self.history.append((time.monotonic(), datetime.now(timezone.utc), block, self.requests_so_far()))
+
+
 async def test_the_device_reports_when_its_download_starts_then_downloads(
     model_dir: Path, releases: ReleaseServer
 ) -> None:
-    spread = DownloadSpread(0.0, fraction=lambda: 0.5)
-    async for twin in start_twin(model_dir, spread):
-        v1 = releases.release("iris", "1", iris_classifier("1").onnx)
+    v1 = releases.release("iris", "1", iris_classifier("1").onnx)
+    reported = RecordingState(lambda: requests(releases, "1"))
+    spread = DownloadSpread(0.0, fraction=lambda: 0.5)  # the release's 2 s window: a 1 s delay
+    async with running_module(model_dir, serve_default_model=False) as (module, _):
+        updater = ModelUpdater(module.manager, POLICY, [], reported, spread=spread)
+        twin = Twin(module, reported, Reconciler(updater, reported, retry_interval=60))
         twin.reconciler.apply_twin({"desired": {"models": {"iris": {**v1, "spreadSeconds": 2}}, "$version": 1}})
-        waiting = await twin.wait_state("iris", "downloading", desiredVersion="1")
-        before = datetime.now(timezone.utc)
-        assert requests(releases, "1") == 0  # announced, not fetched yet
-        starts_at = datetime.strptime(waiting["downloadStartsAt"], "%Y-%m-%dT%H:%M:%S%z")
-        assert 0 <= (starts_at - before).total_seconds() <= 1.5  # half of the 2 s window, to the second
-
         active = await twin.wait_state("iris", "active", activeVersion="1")
-        assert requests(releases, "1") == 1
-        assert active.get("downloadStartsAt") is None  # cleared once the download began
-        assert twin.reported.take()["models"]["iris"]["state"] == "active"
+        await twin.reconciler.close()
+
+    announced_at, announced_wall, waiting, requests_then = reported.history[0]
+    assert waiting["state"] == "downloading" and waiting["desiredVersion"] == "1" and requests_then == 0
+    starts_at = datetime.strptime(waiting["downloadStartsAt"], "%Y-%m-%dT%H:%M:%S%z")
+    # Announced as now + 1 s, truncated to the second: between now and now + 1 s.
+    assert -0.1 < (starts_at - announced_wall).total_seconds() <= 1.0
+    began_at, _, downloading, requests_then = reported.history[1]
+    assert downloading["state"] == "downloading" and downloading["downloadStartsAt"] is None
+    assert requests_then == 0 and began_at - announced_at >= 0.95  # nothing fetched during the wait
+    assert requests(releases, "1") == 1
+    assert "downloadStartsAt" not in active  # cleared once, then no longer sent
 
 
 async def test_a_newer_release_during_the_wait_cancels_it(waiting_twin: Twin, releases: ReleaseServer) -> None:
