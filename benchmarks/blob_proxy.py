@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, TCPConnector, web
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
 BUCKET_S = 0.1
@@ -93,6 +93,7 @@ def make_app(upstream: str) -> web.Application:
         if request.path.startswith("/__proxy/"):
             return await control(request)
         stats.begin(request.method)
+        response: web.StreamResponse | None = None
         try:
             headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
             body = await request.read() if request.can_read_body else None
@@ -119,6 +120,13 @@ def make_app(upstream: str) -> web.Application:
                     await response.write(chunk)
                 await response.write_eof()
                 return response
+        except ClientConnectionError as error:
+            if response is not None and response.prepared:
+                raise  # mid-body: the device sees the connection close, and resumes with Range
+            # The endpoint could not be reached or dropped the connection before answering: say so, as a
+            # gateway does, and count it (a device retries a 502 like any 5xx).
+            stats.statuses[502] += 1
+            return web.Response(status=502, text=f"upstream: {type(error).__name__}")
         finally:
             stats.end()
 
