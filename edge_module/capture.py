@@ -18,6 +18,7 @@ One record per row (docs/data-loop.md, "Capture")::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -26,7 +27,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,8 @@ class DataCapture:
         self.device = device or device_id()
         self._random = random.Random(seed).random
         self._pending: deque[_Sample] = deque()
+        # Shadow releases: takes a sampled request to add the shadow's outputs, then calls ``complete``.
+        self.shadow_hook: Callable[[_Sample, int], bool] | None = None
 
     def observe(
         self,
@@ -307,12 +310,20 @@ class DataCapture:
     ) -> None:
         if self.rate <= 0.0 or self._random() >= self.rate:
             return
+        sample = _Sample(model.name, model.version, _feature_names(model), inputs, results, time.time(), correlation_id)
+        if self.shadow_hook is not None and self.shadow_hook(sample, total_ns):
+            return
+        self._queue(sample)
+
+    def complete(self, sample: _Sample, shadow_results: Mapping[str, np.ndarray] | None) -> None:
+        """A sample the shadow hook took, with the shadow's outputs (None: the shadow did not run)."""
+        self._queue(sample if shadow_results is None else dataclasses.replace(sample, shadow_results=shadow_results))
+
+    def _queue(self, sample: _Sample) -> None:
         pending = self._pending
         if len(pending) >= PENDING_REQUESTS:  # the writer is behind: drop the oldest, counted
             self._drop_oldest()
-        pending.append(
-            _Sample(model.name, model.version, _feature_names(model), inputs, results, time.time(), correlation_id)
-        )
+        pending.append(sample)
 
     def _drop_oldest(self) -> None:
         with contextlib.suppress(IndexError):  # drain emptied it meanwhile

@@ -197,7 +197,23 @@ class ModelManager:
         log.info("model %s version %s active (sha256 %s, %.3fs)", name, version, sha256[:12], elapsed)
         return LoadReport(name, version, sha256, model.service_time_ms, elapsed)
 
-    async def _make_room(self, name: str, need: int, step: str) -> None:
+    async def vet_shadow(self, name: str, path: Path) -> int:
+        """Vet a shadow release's file (after checking the vetting fits in memory) and return the memory it
+        needs in a process that already runs onnxruntime. A shadow never unloads the last-known-good."""
+        size = await self._in_loader(lambda: path.stat().st_size)
+        if not self.vet_models:
+            return int(size * LOAD_FACTOR)
+        await self._make_room(name, self._child_baseline + int(size * LOAD_FACTOR), "vet as a shadow", evict=False)
+        report = await self._in_loader(check_in_subprocess, path, self.max_model_bytes)
+        self._child_baseline = report.baseline_bytes or self._child_baseline
+        return report.model_bytes
+
+    async def check_room(self, name: str, need: int, step: str, new_process: bool = False) -> None:
+        """Raise InsufficientMemory unless ``need`` bytes (plus a new interpreter's, when ``new_process``) and
+        the margin fit; unloads nothing."""
+        await self._make_room(name, need + (self._child_baseline if new_process else 0), step, evict=False)
+
+    async def _make_room(self, name: str, need: int, step: str, evict: bool = True) -> None:
         """Raise InsufficientMemory unless ``need`` bytes (plus the margin) fit, dropping ``name``'s spare
         loaded versions (the last-known-good session; its file stays in the store) first if that helps."""
         if not self.memory.check:
@@ -207,7 +223,7 @@ class ModelManager:
         if room.available >= wanted:
             return
         served = self.repository.served(name)
-        if served is not None and len(served.versions) > 1:
+        if evict and served is not None and len(served.versions) > 1:
             dropped = [v for v in served.versions if v != served.active.version]
             self.repository.publish(name, served.active, {served.active.version: served.active}, served.source)
             del served

@@ -22,6 +22,7 @@ from edge_module.rest import create_app
 from edge_module.rest.infer import ASGIApp
 from edge_module.runtime import SessionConfig
 from edge_module.settings import Settings
+from edge_module.shadow.mirror import ShadowMirror
 from edge_module.stats import InferenceStats
 from edge_module.store import ModelStore
 from edge_module.tls import LiveTLS
@@ -48,6 +49,7 @@ class EdgeModule:
     manager: ModelManager
     app: ASGIApp
     observability: Observability
+    shadows: ShadowMirror
     # The live SSL context when EDGE_TLS is not off; its first certificate comes in server.serve.
     tls: LiveTLS | None = None
     extra_models: dict[str, Path] = field(default_factory=dict)
@@ -82,6 +84,7 @@ class EdgeModule:
         await self.manager.serve_file(name, default_model_dir() / manifest["file"], source="default")
 
     def close(self) -> None:
+        self.shadows.close()
         self.observability.close()
         self.dataplane.close()
         self.manager.close()
@@ -116,7 +119,10 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
     if probation.enabled:
         dataplane.observers.append(manager.guard.observe)
         dataplane.failure_observers.append(manager.guard.observe_failure)
-    observability = Observability(settings, dataplane, manager)
+    shadows = ShadowMirror(settings.ort_intra_op_threads, settings.shadow_sample_rate)
+    observability = Observability(settings, dataplane, manager, shadows)
+    # After the observability observers: capture decides first whether a request is sampled (capture.py).
+    dataplane.observers.append(shadows.observe)
     tls = LiveTLS() if settings.tls_mode != "off" else None
     app = create_app(
         dataplane,
@@ -137,6 +143,7 @@ def build_module(settings: Settings, extra_models: dict[str, Path] | None = None
         manager=manager,
         app=app,
         observability=observability,
+        shadows=shadows,
         tls=tls,
         extra_models=dict(extra_models or {}),
     )

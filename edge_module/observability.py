@@ -25,6 +25,8 @@ from edge_module.manager import LoadReport, ModelManager
 from edge_module.metrics import Metrics, expose_gauges, header, sample
 from edge_module.runtime import OnnxModel
 from edge_module.settings import Settings
+from edge_module.shadow import figures as shadow_figures
+from edge_module.shadow.mirror import ShadowMirror
 from edge_module.telemetry import OUTPUT_CAPTURE, OUTPUT_METRICS, Sender, TelemetryBuilder, encode_bounded, utc_now
 
 log = logging.getLogger(__name__)
@@ -141,7 +143,9 @@ class ObservedModelManager(ModelManager):
 
 
 class Observability:
-    def __init__(self, settings: Settings, dataplane: DataPlane, manager: ModelManager) -> None:
+    def __init__(
+        self, settings: Settings, dataplane: DataPlane, manager: ModelManager, shadows: ShadowMirror | None = None
+    ) -> None:
         self.config = ObservabilityConfig(
             telemetry_interval=settings.telemetry_interval,
             drift_threshold=settings.drift_threshold,
@@ -167,6 +171,12 @@ class Observability:
         self.config_error: str | None = None
         self.metrics.collectors.append(self._expose)
         self.metrics.collectors.append(manager.guard.expose)
+        self.shadows = shadows
+        if shadows is not None:
+            self.metrics.collectors.append(lambda: shadow_figures.expose(shadows))
+            # A captured request waits for the shadow's outputs of the same rows (capture.py, shadowOutputs).
+            self.capture.shadow_hook = shadows.take_capture
+            shadows.complete_capture = self.capture.complete
         if settings.metrics_enabled:  # off only to measure what per-request observation costs
             dataplane.observers.extend((self.metrics.observe_inference, self.drift.observe, self.capture.observe))
         self._tasks: list[asyncio.Task[None]] = []
@@ -274,7 +284,10 @@ class Observability:
                 await asyncio.to_thread(self.capture.drain)
 
     async def send_telemetry(self) -> bytes:
-        summary = self.telemetry.build(self.drift_summaries(), {"capture": self._capture_state()}, advance=False)
+        extra: dict[str, Any] = {"capture": self._capture_state()}
+        if self.shadows is not None and self.shadows.shadows:
+            extra["shadows"] = shadow_figures.summaries(self.shadows)
+        summary = self.telemetry.build(self.drift_summaries(), extra, advance=False)
         self.last_telemetry = summary
         payload = encode_bounded(summary)
         if self.sender is None:
@@ -420,6 +433,7 @@ class Observability:
         """Everything the status page shows, in one JSON document."""
         drift = self.drift.summaries()
         updates = getattr(self.manager, "updates", {})
+        shadows = shadow_figures.summaries(self.shadows) if self.shadows is not None else {}
         models = []
         for name, served in sorted(self.metrics.repository.snapshot().items()):
             versions = []
@@ -447,6 +461,7 @@ class Observability:
                     "last_update": update.__dict__ if update else None,
                     "drift": drift.get(name),
                     "probation": self.manager.guard.status(name),
+                    "shadow": shadows.get(name),
                 }
             )
         return {

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     probation_max_latency_ratio: float = Field(default=3.0, gt=1)
     probation_latency_slack_ms: float = Field(default=1.0, ge=0)
     probation_min_requests: int = Field(default=50, ge=1)
+    # Shadow releases (docs/shadow.md): the share of served requests mirrored to a shadow. Each mirrored request
+    # costs the shadow's own run on this device's CPU; the shadow worker runs at idle priority, but sharing a
+    # core still costs the active path cache and context switches, in proportion to this share.
+    shadow_sample_rate: float = Field(default=0.2, gt=0.0, le=1.0)
 
     # onnxruntime threads per session; 1 suits small models on a shared 2-core box.
     ort_intra_op_threads: int = Field(default=1, ge=0)

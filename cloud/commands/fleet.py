@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 NAME = "fleet"
 HELP = "fleet status from the module twins: which devices run which model version, and which failed"
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from cloud.errors import CloudError
     from cloud.releases import azcli
     from cloud.releases.errors import IoTHubError
-    from cloud.releases.fleet import model_statuses, status_query, summary
+    from cloud.releases.fleet import model_statuses, shadow_statuses, status_query, summary
     from cloud.releases.iothub import HubCredentials, IoTHubClient
 
     try:
@@ -33,13 +34,19 @@ def run(args: argparse.Namespace) -> int:
         credentials = HubCredentials.from_connection_string(connection_string)
         sql = status_query(args.module)
         with IoTHubClient(credentials, endpoint=args.hub_endpoint) as client:
-            rows = model_statuses(client.query(sql), args.model)
+            twins = client.query(sql)
+            rows = model_statuses(twins, args.model)
+            shadows = shadow_statuses(twins, args.model)
     except CloudError as error:
         sys.stderr.write(f"error: {error.message}\n")
         return error.exit_code
     totals = summary(rows)
     if args.json:
-        document = {"devices": [row.to_dict() for row in rows], "summary": totals}
+        document = {
+            "devices": [row.to_dict() for row in rows],
+            "summary": totals,
+            "shadows": [row.to_dict() for row in shadows],
+        }
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         table = [("DEVICE", "MODEL", "STATE", "ACTIVE", "DESIRED", "ERROR")]
@@ -51,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         for row in table:
             sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+        if shadows:
+            _shadow_table(shadows)
         for model, counts in totals.items():
             active = ", ".join(f"v{v}: {n}" for v, n in sorted(counts["active"].items())) or "none"
             sys.stdout.write(
@@ -59,3 +68,19 @@ def run(args: argparse.Namespace) -> int:
     sys.stderr.write("equivalent: " + azcli.fleet_query(credentials.hub_name, sql) + "\n")
     failed = any(counts["failed"] for counts in totals.values())
     return 1 if failed else 0
+
+
+def _shadow_table(rows: list[Any]) -> None:
+    """Per device: the shadow's state and how it compares with the active version (docs/shadow.md)."""
+    table = [("DEVICE", "SHADOW OF", "STATE", "VERSION", "COMPARED", "AGREEMENT", "MEAN |DIFF|", "DROPPED", "ERROR")]
+    for r in rows:
+        agreement = "-" if r.agreement is None else f"{r.agreement:.4f}"
+        difference = "-" if r.mean_abs_diff is None else f"{r.mean_abs_diff:.4g}"
+        version = r.version or r.desired_version or "-"
+        table.append(
+            (r.device, r.model, r.state, version, str(r.compared), agreement, difference, str(r.dropped), r.error or "")
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    sys.stdout.write("\n")
+    for row in table:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")

@@ -29,6 +29,13 @@ def _hub_options(parser: argparse.ArgumentParser, waits: bool = True) -> None:
         parser.add_argument("--poll", type=float, default=30, help="seconds between fleet checks (%(default)s)")
 
 
+def _publish_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("--key", type=Path, help=f"ed25519 private key (default: ${KEY_ENV})")
+    parser.add_argument("--to", required=required, metavar="DEST", help="where devices fetch the model (as 'release')")
+    parser.add_argument("--base-uri", help="for a folder served over HTTP(S): the URL of the folder")
+    parser.add_argument("--sas-days", type=int, default=365, help="SAS lifetime for Blob releases (%(default)s)")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -57,13 +64,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
     status.add_argument("--json", action="store_true")
     _hub_options(status, waits=False)
 
+    shadow = actions.add_parser(
+        "shadow", help="put a release on a ring as a shadow: it answers mirrored live traffic, never clients"
+    )
+    shadow.add_argument("name", help="the model")
+    source = shadow.add_mutually_exclusive_group(required=True)
+    source.add_argument("--release", type=Path, help="release JSON written by 'cloud release'")
+    source.add_argument("--version", help="a registered version: signed and published here (needs --to, a key)")
+    _registry_option(shadow)
+    _publish_options(shadow)
+    shadow.add_argument("--target-condition", required=True, help="the ring, e.g. \"tags.ring='canary'\"")
+    shadow.add_argument("--out", type=Path, help="also write the shadow deployment as JSON")
+    _hub_options(shadow)
+
+    agrees = actions.add_parser(
+        "promote-if-agrees",
+        help="promote the model's shadow to models.<name> on its ring only if every device's shadow agrees",
+    )
+    agrees.add_argument("name", help="the model")
+    agrees.add_argument("--min-agreement", type=float, required=True, help="label agreement each device needs, 0-1")
+    agrees.add_argument("--min-compared", type=int, required=True, help="compared requests each device needs")
+    agrees.add_argument("--max-mean-abs-diff", type=float, help="also bound the mean absolute output difference")
+    agrees.add_argument(
+        "--ring", choices=["canary", "fleet"], required=True, help="the rollout ring the promotion creates"
+    )
+    agrees.add_argument("--out", type=Path, help="also write every device's figures as JSON")
+    _hub_options(agrees)
+
     rollback = actions.add_parser("rollback", help="re-deploy the previous production version, canary then fleet")
     rollback.add_argument("name")
     _registry_option(rollback)
-    rollback.add_argument("--key", type=Path, help=f"ed25519 private key (default: ${KEY_ENV})")
-    rollback.add_argument("--to", required=True, metavar="DEST", help="where devices fetch the model (as 'release')")
-    rollback.add_argument("--base-uri", help="for a folder served over HTTP(S): the URL of the folder")
-    rollback.add_argument("--sas-days", type=int, default=365, help="SAS lifetime for Blob releases (%(default)s)")
+    _publish_options(rollback, required=True)
     rollback.add_argument("--canary-condition", help="default: the canary ring's condition on the hub now")
     rollback.add_argument("--fleet-condition", help="default: the fleet ring's condition on the hub now")
     rollback.add_argument("--out", type=Path, help="also write the release block of the version rolled back to")
@@ -82,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
             return _deploy(args)
         if args.action == "status":
             return _status(args)
+        if args.action == "shadow":
+            return _shadow(args)
+        if args.action == "promote-if-agrees":
+            return _promote_if_agrees(args)
         return _rollback(args)
     except CloudError as error:
         sys.stderr.write(f"error: {error.message}\n")
@@ -184,26 +219,89 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rollback(args: argparse.Namespace) -> int:
+def _published_release(args: argparse.Namespace, registry: Any, entry: Any) -> Any:
+    """Sign ``entry``'s model and publish it to ``--to``: the release block devices verify."""
     from cloud.errors import CloudError
-    from cloud.registry import RegistryEntry
     from cloud.releases.keys import load_private_key, passphrase_from_env
     from cloud.releases.publish import publisher_for
-    from cloud.releases.signing import make_release, models_block
+    from cloud.releases.signing import make_release
+
+    key_path = args.key or (Path(os.environ[KEY_ENV]) if os.environ.get(KEY_ENV) else None)
+    if key_path is None:
+        raise CloudError(f"no signing key: pass --key or set {KEY_ENV}")
+    if not args.to:
+        raise CloudError("pass --to: where devices fetch the model")
+    private_key = load_private_key(key_path, passphrase_from_env())
+    publisher = publisher_for(args.to, base_uri=args.base_uri, sas_days=args.sas_days)
+    with tempfile.TemporaryDirectory(prefix="release-") as work:
+        model_file = registry.fetch(entry, Path(work))  # refuses a file that no longer matches its sha256
+        return make_release(entry.name, entry.version, model_file, entry.sha256, publisher, private_key)
+
+
+def _shadow_rollout(args: argparse.Namespace, client: Any) -> Any:
+    from cloud.rollout.deployer import Waiting
+    from cloud.rollout.shadow import ShadowRollout
+
+    waiting = Waiting(timeout_seconds=args.timeout, poll_seconds=args.poll)
+    return ShadowRollout(client, module=args.module, priority_base=args.priority_base, waiting=waiting, log=_say)
+
+
+def _shadow(args: argparse.Namespace) -> int:
+    from cloud.errors import CloudError
+
+    if args.release is not None:
+        release = _single_release(args.release)
+        if release.name != args.name:
+            raise CloudError(f"{args.release} is a release of {release.name}, not {args.name}")
+    else:
+        registry = _open_registry(args.registry)
+        release = _published_release(args, registry, registry.get(args.name, args.version))
+    with _client(args) as client:
+        deployment, rows = _shadow_rollout(args, client).deploy(release, args.target_condition)
+    _write_json(args.out, deployment.to_dict())
+    _say(f"shadow: {release.name} version {release.version} mirrors live traffic on {len(rows)} device(s)")
+    return 0
+
+
+def _promote_if_agrees(args: argparse.Namespace) -> int:
+    from cloud.rollout.shadow import Criteria, ShadowDisagrees
+
+    criteria = Criteria(args.min_agreement, args.min_compared, args.max_mean_abs_diff)
+    with _client(args) as client:
+        shadows = _shadow_rollout(args, client)
+        try:
+            verdict, result = shadows.promote_if_agrees(args.name, criteria, args.ring, _rollout(args, client))
+        except ShadowDisagrees:
+            _write_json(args.out, _figures(shadows.judge(args.name, criteria)))
+            raise
+    _write_json(args.out, _figures(verdict))
+    release = verdict.deployment.release
+    _say(
+        f"promoted: {release.name} version {release.version} active on {len(result.devices)} device(s) "
+        f"of the {args.ring} ring; its shadow deployment is deleted"
+    )
+    return 0
+
+
+def _figures(verdict: Any) -> dict[str, Any]:
+    return {
+        "deployment": verdict.deployment.to_dict(),
+        "passed": {device: row.to_dict() for device, row in verdict.passed.items()},
+        "disagree": verdict.disagree,
+        "short": verdict.short,
+    }
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from cloud.registry import RegistryEntry
+    from cloud.releases.signing import models_block
     from cloud.rollout.rollback import rollback
     from edge_module.release import Release
 
     registry = _open_registry(args.registry)
 
     def release_of(entry: RegistryEntry) -> Release:
-        key_path = args.key or (Path(os.environ[KEY_ENV]) if os.environ.get(KEY_ENV) else None)
-        if key_path is None:
-            raise CloudError(f"no signing key: pass --key or set {KEY_ENV}")
-        private_key = load_private_key(key_path, passphrase_from_env())
-        publisher = publisher_for(args.to, base_uri=args.base_uri, sas_days=args.sas_days)
-        with tempfile.TemporaryDirectory(prefix="rollback-") as work:
-            model_file = registry.fetch(entry, Path(work))  # refuses a file that no longer matches its sha256
-            release = make_release(entry.name, entry.version, model_file, entry.sha256, publisher, private_key)
+        release: Release = _published_release(args, registry, entry)
         _write_json(args.out, models_block([release]))
         return release
 

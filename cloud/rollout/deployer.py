@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cloud.releases.fleet import ModelStatus, model_statuses, status_query
+from cloud.releases.fleet import ModelStatus, model_statuses, status_query, targeted_query
 from cloud.releases.layered import layered_deployment
 from cloud.rollout import naming
 from cloud.rollout.errors import RolloutError, RolloutFailed, RolloutTimeout
@@ -177,8 +177,7 @@ class Rollout:
     def wait(self, model: str, version: str, configuration_id: str) -> list[ModelStatus]:
         """Until every device the configuration targets reports ``version`` active; fail at the first failure."""
         deadline = self.waiting.clock() + self.waiting.timeout_seconds
-        # The devices a configuration targets, as IoT Edge deployments' targetedCount system metric counts them.
-        targeted_sql = f"SELECT deviceId FROM devices WHERE configurations.[[{configuration_id}]].status = 'Targeted'"
+        targeted_sql = targeted_query(configuration_id)
         while True:
             targeted = {str(row.get("deviceId")) for row in self.hub.query(targeted_sql)}
             twins = [t for t in self.hub.query(status_query(self.module)) if t.get("deviceId") in targeted]

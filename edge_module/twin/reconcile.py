@@ -191,6 +191,10 @@ class Reconciler:
         )
         self._update_desired_status()
 
+    def updating(self, name: str) -> bool:
+        task = self._tasks.get(name)
+        return task is not None and not task.done()
+
     def state(self, name: str) -> Release | None:
         return self._targets.get(name)
 

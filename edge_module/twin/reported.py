@@ -68,6 +68,13 @@ class ReportedState:
         pending[name] = {**pending.get(name, {}), "probation": block}
         self.changed.set()
 
+    def set_shadow(self, name: str, block: dict[str, Any] | None) -> None:
+        """``shadows.<name>`` (edge_module/shadow/); None removes it from the twin."""
+        if block is not None and block.get("error"):
+            block = {**block, "error": _bounded(block["error"])}
+        self._pending.setdefault("shadows", {})[name] = block
+        self.changed.set()
+
     def set_desired_status(self, version: int | None, code: int, description: str) -> None:
         status = {"code": code, "description": _bounded(description)}
         if version is not None:
@@ -83,7 +90,10 @@ class ReportedState:
     def restore(self, patch: dict[str, Any]) -> None:
         """Put back a patch that was not delivered, under anything newer that arrived since."""
         newer = self._pending
-        merged = {**patch, **{k: v for k, v in newer.items() if k != "models"}}
+        merged = {**patch, **{k: v for k, v in newer.items() if k not in ("models", "shadows")}}
+        shadows = {**patch.get("shadows", {}), **newer.get("shadows", {})}
+        if shadows:
+            merged["shadows"] = shadows
         older_models = patch.get("models", {})
         newer_models = newer.get("models", {})
         models = {

@@ -16,6 +16,7 @@ from edge_module.messages import MessageRouter
 from edge_module.methods import DirectMethods
 from edge_module.module import EdgeModule, default_model_manifest
 from edge_module.release import load_public_keys
+from edge_module.shadow import install as shadow_install  # a module: install.py imports edge_module.twin
 from edge_module.twin.connection import HubConnection, HubEvent, HubUnavailable
 from edge_module.twin.fetch import FetchPolicy
 from edge_module.twin.pipeline import ModelUpdater
@@ -60,6 +61,10 @@ class TwinSync:
         spread = DownloadSpread(settings.download_spread_s)
         updater = ModelUpdater(module.manager, policy, keys, self.reported, keys_error, spread)
         self.reconciler = Reconciler(updater, self.reported, settings.update_retry_interval)
+        self.shadows = shadow_install.ShadowInstaller(
+            module.manager, module.shadows, policy, keys, self.reported, keys_error
+        )
+        self.shadows.updating = self.reconciler.updating
         self.router = MessageRouter(module.dataplane, default_model)
         self.methods = DirectMethods(module.manager, self.reported.model, self._on_rollback)
         module.manager.rejection_listeners.append(self.reconciler.record_rejection)
@@ -90,6 +95,7 @@ class TwinSync:
             await self.module.started.wait()
             self._spawn(self._report_loop(), "twin-reporter")
             self._spawn(self._drift_loop(), "drift-reporter")
+            self._spawn(self._shadow_loop(), "shadow-reporter")
             self._start_full_sync()
             while True:
                 await self._dispatch(await self.connection.events.get())
@@ -99,6 +105,7 @@ class TwinSync:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.reconciler.close()
+            await self.shadows.close()
             await self.connection.close()
 
     def _spawn(self, coroutine: Any, name: str) -> asyncio.Task[None]:
@@ -121,6 +128,8 @@ class TwinSync:
             if isinstance(event.payload, dict):
                 self.module.observability.apply(event.payload.get("observability"))
                 self.reconciler.apply_patch(event.payload)
+                if "shadows" in event.payload:
+                    self.shadows.apply(event.payload["shadows"], full=False)
         elif event.kind in ("message", "method"):
             await self._capacity.acquire()
             handler = self._handle_message if event.kind == "message" else self._handle_method
@@ -145,6 +154,7 @@ class TwinSync:
             delay = min(delay * 2, self.module.settings.connect_backoff_max)
         self.module.observability.apply((twin.get("desired") or {}).get("observability"))
         self.reconciler.apply_twin(twin)
+        self.shadows.apply((twin.get("desired") or {}).get("shadows"), full=True)
 
     async def _report_loop(self) -> None:
         delay = 1.0
@@ -203,6 +213,12 @@ class TwinSync:
                 log.warning("drift not reported yet: %s", exc)
                 continue
             observability.drift_reported(changes)
+
+    async def _shadow_loop(self) -> None:
+        """``shadows.<name>`` comparison figures in reported properties at the telemetry interval."""
+        while True:
+            await asyncio.sleep(max(1.0, self.module.observability.config.telemetry_interval))
+            self.shadows.report_all()
 
     def _on_rollback(self, name: str) -> None:
         self.reconciler.record_rollback(name)

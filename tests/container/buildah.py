@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.container.emulation import NATIVE, RunSetup
+
 BUILDAH = ("buildah", "--storage-driver", "vfs")
 
 
@@ -57,11 +59,13 @@ def inspect_image(ref: str) -> ImageInfo:
 class Container:
     name: str
     rootfs: Path
+    setup: RunSetup = NATIVE
 
     def run_args(self, command: Sequence[str], env: dict[str, str] | None = None) -> list[str]:
         """`buildah run` of a command inside the container, as the image's user, sharing the host's network."""
         env_args = [arg for key, value in (env or {}).items() for arg in ("--env", f"{key}={value}")]
-        return [*BUILDAH, "run", "--isolation", "chroot", *env_args, self.name, "--", *command]
+        options = [*self.setup.options, *env_args]
+        return [*BUILDAH, "run", "--isolation", "chroot", *options, self.name, "--", *self.setup.prefix, *command]
 
     def run(
         self, command: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60
@@ -70,9 +74,9 @@ class Container:
 
 
 @contextmanager
-def container(ref: str) -> Iterator[Container]:
+def container(ref: str, setup: RunSetup = NATIVE) -> Iterator[Container]:
     name = buildah("from", "--pull=never", ref).strip()
     try:
-        yield Container(name, Path(buildah("mount", name).strip()))
+        yield Container(name, Path(buildah("mount", name).strip()), setup)
     finally:
         buildah("rm", name)

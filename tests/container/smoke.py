@@ -1,9 +1,10 @@
 """Smoke-test a built edge module image: its own entrypoint serves the bundled default model and answers an infer.
 
-    python -m tests.container.smoke IMAGE      (scripts/build-image runs it after an amd64 build)
+    python -m tests.container.smoke IMAGE      (scripts/build-image runs it after each build)
 
 The container runs with `buildah run --isolation chroot`, which shares the host's network, so the module is told
-to listen on 127.0.0.1 and a free port. Prints the facts as JSON; exits 1 when any check fails.
+to listen on 127.0.0.1 and a free port. An arm64 image on an amd64 host runs under qemu-user, with the setup
+tests/container/emulation.py describes and more patience. Prints the facts as JSON; exits 1 when any check fails.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from packaging.utils import canonicalize_name
 
 from tests.container.buildah import Container, ImageInfo, container, inspect_image
+from tests.container.emulation import MACHINES, QEMU_CPU, run_setup
 from tests.support.models import WINE_ROW
 from tests.support.server import free_port
 
@@ -30,6 +33,17 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO / "edge_module" / "default_model" / "model.onnx"
 MODEL_STORE = "/var/lib/edge-module/models"
 APP_MODEL = "opt/app/edge_module/default_model/model.onnx"
+EDGE_LOCK = REPO / "requirements" / "edge.lock"
+MACHINE_PROBE = "import platform; print(platform.machine())"
+# Every locked distribution is installed at its pinned version, and every direct dependency (with the modules the
+# module loads lazily) imports: the same list the image build imports to write bytecode.
+DEPENDENCIES_PROBE = (
+    "import importlib, importlib.metadata as m, json;"
+    " from edge_module.bytecode import LAZY_IMPORTS, dependency_roots;"
+    " names = [*dependency_roots(), *LAZY_IMPORTS]; [importlib.import_module(n) for n in names];"
+    " print(json.dumps({'imported': len(names), 'installed':"
+    " {d.metadata['Name']: d.version for d in m.distributions()}}))"
+)
 SETTINGS_PROBE = "from edge_module.settings import Settings; s = Settings(); print(s.host, s.model_dir)"
 EDGE_ONLY_PROBE = (
     "import importlib.util as u;"
@@ -45,16 +59,21 @@ BYTECODE_DIRS = ("opt/app/edge_module/__pycache__", "opt/venv/lib/python3.11/sit
 class SmokeResult:
     image: str
     architecture: str
+    machine: str  # platform.machine() inside the container
+    emulated_cpu: str | None  # the CPU qemu-user emulated, None when the host ran the image natively
     size_bytes: int
     user: str
     store_owner_uid: int
     baked_model_sha256: str
     settings_in_container: str
     non_edge_modules: str
+    dependencies_imported: int
+    installed_versions: dict[str, str]
     ready_seconds: float
     model_metadata: dict[str, Any]
     infer_response: dict[str, Any]
     expected_label: int
+    expected_probabilities: list[float]
     vetted_load_status: int
     vetted_version_answer: dict[str, Any]
     bytecode_dirs: dict[str, int]
@@ -63,18 +82,20 @@ class SmokeResult:
     env: dict[str, str]
 
 
-def expected_label() -> int:
+def expected_answer() -> tuple[int, list[float]]:
+    """The host's onnxruntime's label and class probabilities for WINE_ROW on the default model."""
     import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(DEFAULT_MODEL), providers=["CPUExecutionProvider"])
-    label = session.run(["label"], {"input": np.array([WINE_ROW], dtype=np.float32)})[0]
-    return int(label[0])
+    label, probabilities = session.run(["label", "probabilities"], {"input": np.array([WINE_ROW], dtype=np.float32)})
+    return int(label[0]), [float(p) for p in probabilities[0]]
 
 
 @contextmanager
 def serving(box: Container, info: ImageInfo, log_path: Path, grpc_port: int) -> Iterator[tuple[str, float]]:
     """Start the image's own entrypoint; yield its URL and how long it took to become ready."""
+    ready_timeout = READY_TIMEOUT * box.setup.patience
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
@@ -97,8 +118,8 @@ def serving(box: Container, info: ImageInfo, log_path: Path, grpc_port: int) -> 
                 while True:
                     if process.poll() is not None:
                         raise RuntimeError(f"the entrypoint exited with {process.returncode}: {log_path.read_text()}")
-                    if time.monotonic() - started > READY_TIMEOUT:
-                        raise TimeoutError(f"not ready after {READY_TIMEOUT}s: {log_path.read_text()}")
+                    if time.monotonic() - started > ready_timeout:
+                        raise TimeoutError(f"not ready after {ready_timeout}s: {log_path.read_text()}")
                     try:
                         if client.get(url + "/v2/health/ready").status_code == 200:
                             break
@@ -109,13 +130,13 @@ def serving(box: Container, info: ImageInfo, log_path: Path, grpc_port: int) -> 
         finally:
             process.terminate()
             try:
-                process.wait(20)
+                process.wait(20 * box.setup.patience)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
 
 
-def grpc_label(target: str) -> int | None:
+def grpc_label(target: str, timeout: float) -> int | None:
     """The default model's label for WINE_ROW over gRPC, with tritonclient.grpc; None when the port fails."""
     import numpy as np
     import tritonclient.grpc as grpcclient
@@ -125,7 +146,7 @@ def grpc_label(target: str) -> int | None:
     try:
         tensor = grpcclient.InferInput("input", [1, 13], "FP32")
         tensor.set_data_from_numpy(np.array([WINE_ROW], dtype=np.float32))
-        return int(client.infer("wine", [tensor], client_timeout=30).as_numpy("label")[0])
+        return int(client.infer("wine", [tensor], client_timeout=timeout).as_numpy("label")[0])
     except InferenceServerException:
         return None
     finally:
@@ -133,7 +154,7 @@ def grpc_label(target: str) -> int | None:
 
 
 def probe(box: Container, code: str) -> str:
-    result = box.run(["python", "-c", code])
+    result = box.run(["python", "-c", code], timeout=60 * box.setup.patience)
     if result.returncode != 0:
         raise RuntimeError(f"probe failed ({result.returncode}): {result.stderr}")
     return result.stdout.strip()
@@ -141,14 +162,18 @@ def probe(box: Container, code: str) -> str:
 
 def smoke(ref: str, log_path: Path) -> SmokeResult:
     info = inspect_image(ref)
-    with container(ref) as box:
+    setup = run_setup(info.architecture, str(info.config.get("User", "")))
+    with setup as run, container(ref, run) as box:
+        patience = run.patience
         store = box.rootfs / MODEL_STORE.lstrip("/")
         baked = hashlib.sha256((box.rootfs / APP_MODEL).read_bytes()).hexdigest()
+        machine = probe(box, MACHINE_PROBE)
         settings = probe(box, SETTINGS_PROBE)
         non_edge = probe(box, EDGE_ONLY_PROBE)
+        dependencies = json.loads(probe(box, DEPENDENCIES_PROBE))
         grpc_port = free_port()
         serve = serving(box, info, log_path, grpc_port)
-        with serve as (url, ready_seconds), httpx.Client(trust_env=False, timeout=10) as client:
+        with serve as (url, ready_seconds), httpx.Client(trust_env=False, timeout=10 * patience) as client:
             metadata = client.get(f"{url}/v2/models/wine").json()
             body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 13], "data": WINE_ROW}]}
             answer = client.post(f"{url}/v2/models/wine/infer", json=body)
@@ -156,23 +181,30 @@ def smoke(ref: str, log_path: Path) -> SmokeResult:
             # A new version goes through vetting (a child process, without the onnx package) before it serves.
             load = {"parameters": {"file:2/model.onnx": base64.b64encode(DEFAULT_MODEL.read_bytes()).decode()}}
             headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-            loaded = client.post(f"{url}/v2/repository/models/wine/load", json=load, headers=headers, timeout=60)
+            load_url = f"{url}/v2/repository/models/wine/load"
+            loaded = client.post(load_url, json=load, headers=headers, timeout=60 * patience)
             second = client.post(f"{url}/v2/models/wine/versions/2/infer", json=body).json()
             healthcheck = box.run(info.config["Healthcheck"]["Test"][1:], env={"EDGE_PORT": url.rsplit(":", 1)[1]})
-            grpc_answer = grpc_label(f"127.0.0.1:{grpc_port}")
+            grpc_answer = grpc_label(f"127.0.0.1:{grpc_port}", timeout=30 * patience)
+        label, probabilities = expected_answer()
         return SmokeResult(
             image=ref,
             architecture=info.architecture,
+            machine=machine,
+            emulated_cpu=QEMU_CPU if run.emulated else None,
             size_bytes=info.size,
             user=str(info.config.get("User", "")),
             store_owner_uid=store.stat().st_uid,
             baked_model_sha256=baked,
             settings_in_container=settings,
             non_edge_modules=non_edge,
+            dependencies_imported=int(dependencies["imported"]),
+            installed_versions=dependencies["installed"],
             ready_seconds=round(ready_seconds, 2),
             model_metadata=metadata,
             infer_response=answer.json(),
-            expected_label=expected_label(),
+            expected_label=label,
+            expected_probabilities=probabilities,
             vetted_load_status=loaded.status_code,
             vetted_version_answer=second,
             bytecode_dirs={d: len(list((box.rootfs / d).glob("*.pyc"))) for d in BYTECODE_DIRS},
@@ -180,6 +212,11 @@ def smoke(ref: str, log_path: Path) -> SmokeResult:
             grpc_label=grpc_answer,
             env=info.env,
         )
+
+
+def locked_versions() -> dict[str, str]:
+    pins = (line.split("==") for line in EDGE_LOCK.read_text().splitlines() if line and not line.startswith("#"))
+    return {str(canonicalize_name(name)): version for name, version in pins}
 
 
 def problems(result: SmokeResult) -> list[str]:
@@ -196,6 +233,18 @@ def problems(result: SmokeResult) -> list[str]:
         found.append(f"container defaults are host/store {result.settings_in_container!r}")
     if result.non_edge_modules != "[]":
         found.append(f"the image holds more than the edge runtime: {result.non_edge_modules}")
+    if result.machine != MACHINES.get(result.architecture):
+        found.append(f"a {result.architecture} image ran on a {result.machine} CPU")
+    # The module itself is installed from source, not pinned by the lock.
+    installed = {
+        str(canonicalize_name(name)): version
+        for name, version in result.installed_versions.items()
+        if canonicalize_name(name) != "edge-inference"
+    }
+    if installed != locked_versions():
+        found.append(f"installed {installed} differs from {EDGE_LOCK.name}: {locked_versions()}")
+    if result.dependencies_imported < 10:
+        found.append(f"only {result.dependencies_imported} dependency packages imported")
     for key, value in {"EDGE_IN_CONTAINER": "1", "ORT_DISABLE_TELEMETRY": "1", "EDGE_GRPC_PORT": "8001"}.items():
         if result.env.get(key) != value:
             found.append(f"{key} is {result.env.get(key)!r}, expected {value!r}")
@@ -204,6 +253,12 @@ def problems(result: SmokeResult) -> list[str]:
     outputs = {output["name"]: output["data"] for output in result.infer_response.get("outputs", [])}
     if result.infer_response.get("model_name") != "wine" or outputs.get("label") != [result.expected_label]:
         found.append(f"infer answered {result.infer_response}, expected label {result.expected_label}")
+    # Another CPU (or its emulation) may round differently in the last bits, never more.
+    probabilities = outputs.get("probabilities") or []
+    if len(probabilities) != len(result.expected_probabilities) or any(
+        abs(got - expected) > 1e-5 for got, expected in zip(probabilities, result.expected_probabilities, strict=True)
+    ):
+        found.append(f"infer answered probabilities {probabilities}, expected {result.expected_probabilities}")
     if result.vetted_load_status != 200 or result.vetted_version_answer.get("model_version") != "2":
         found.append(f"loading a vetted version 2 answered {result.vetted_load_status}: {result.vetted_version_answer}")
     for directory, count in result.bytecode_dirs.items():

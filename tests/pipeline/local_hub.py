@@ -388,9 +388,10 @@ class StandInHub:
         device_twin = {"deviceId": device, "tags": record["tags"], "properties": {"reported": {}}}
         return self._desired(device_twin)[0]
 
-    def set_reported(self, device: str, models: dict[str, Any]) -> None:
-        """What a real device reported for its models (lock held)."""
+    def set_reported(self, device: str, models: dict[str, Any], shadows: dict[str, Any] | None = None) -> None:
+        """What a real device reported for its models and shadows (lock held)."""
         self.state["devices"][device]["reported"] = copy.deepcopy(models)
+        self.state["devices"][device]["shadows"] = copy.deepcopy(shadows or {})
 
     def _twins(self) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
         """The device twins, and the module twins of our module and ``$edgeAgent``, as the devices see them."""
@@ -414,11 +415,18 @@ class StandInHub:
                 "deviceId": device,
                 "moduleId": MODULE,
                 "etag": base64.b64encode(digest[:6]).decode(),
-                "properties": {"desired": desired, "reported": {"models": copy.deepcopy(reported)}},
+                "properties": {"desired": desired, "reported": self._reported(record)},
             }
         if changed:
             self._save()
         return device_twins, twins
+
+    @staticmethod
+    def _reported(record: dict[str, Any]) -> dict[str, Any]:
+        reported: dict[str, Any] = {"models": copy.deepcopy(record["reported"])}
+        if record.get("shadows"):
+            reported["shadows"] = copy.deepcopy(record["shadows"])
+        return reported
 
     def _desired(self, device_twin: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
         """The module's desired properties from the configurations targeting the device, by priority."""
@@ -434,8 +442,15 @@ class StandInHub:
                 if path.startswith("properties.desired."):
                     owners[path.removeprefix("properties.desired.")] = (configuration["id"], value)
         desired: dict[str, Any] = {}
-        for key, (owner, value) in owners.items():
-            desired[key] = copy.deepcopy(value)
+        # A deeper path ("properties.desired.shadows.iris") nests under the shallower one's object, as IoT
+        # Edge's layered deployments document for "properties.desired.routes.upstream".
+        for key, (owner, value) in sorted(owners.items()):
+            *parents, leaf = key.split(".")
+            node = desired
+            for part in parents:
+                child = node.get(part)
+                node = node.setdefault(part, {}) if isinstance(child, dict) or child is None else {}
+            node[leaf] = copy.deepcopy(value)
             statuses[owner] = {"status": "Applied"}
         return desired, statuses
 

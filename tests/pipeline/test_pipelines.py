@@ -3,8 +3,10 @@ the same sequence, secrets come from the CI's secret stores, and the local run g
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,24 +29,30 @@ REPO = Path(__file__).resolve().parents[2]
 AZURE = REPO / "azure-pipelines.yml"
 GITHUB = REPO / ".github" / "workflows" / "mlops.yml"
 LOCAL = REPO / "scripts" / "pipeline-local"
-# The pipeline: train, plan, parity gate, release, canary ring, fleet ring, production; then the manual rollback.
+# The pipeline: train, plan, parity gate, release, canary ring, the optional shadow stage, fleet ring,
+# production; then the manual rollback.
 SEQUENCE = [
     ("train", None),
     ("rollout", "plan"),
     ("registry", "show"),
     ("release", None),
     ("rollout", "deploy"),
+    ("rollout", "shadow"),
+    ("rollout", "promote-if-agrees"),
     ("rollout", "deploy"),
     ("rollout", "promote"),
     ("rollout", "rollback"),
 ]
 STEPS = [
     "tests",
+    "arm64 image",
     "train",
     "plan",
     "parity gate",
     "release",
     "deploy canary",
+    "shadow",
+    "promote if agrees",
     "deploy fleet",
     "record production",
     "rollback",
@@ -68,7 +76,7 @@ def test_every_cloud_command_exists_and_accepts_its_flags(path: Path) -> None:
         if (args.command, getattr(args, "action", None)) == ("keys", "new"):
             continue  # the local run makes its own signing key; CI reads it from a secret
         sequence.append((args.command, getattr(args, "action", None)))
-        if hasattr(args, "registry"):
+        if hasattr(args, "registry") and getattr(args, "release", None) is None:  # with --release: not read
             assert str(args.registry) == "$CLOUD_REGISTRY", f"{call} must use the registry of record"
     # The local run also writes the fleet's state whenever it ends (its EXIT trap comes first in the file).
     assert sequence == ([("fleet", "status"), *SEQUENCE] if path == LOCAL else SEQUENCE)
@@ -102,7 +110,10 @@ def test_github_skips_the_rollout_when_there_is_nothing_to_deploy_and_rolls_back
     gated = [step for step in jobs["build"]["steps"] if step.get("name") in ("parity gate", "release")]
     assert [step["if"] for step in gated] == ["steps.plan.outputs.deploy == 'true'"] * 2
     assert jobs["canary"]["if"] == "needs.build.outputs.deploy == 'true'"
-    assert jobs["fleet"]["needs"] == "canary" and jobs["fleet"]["environment"] == "production"
+    assert jobs["fleet"]["needs"] == ["canary", "shadow"] and jobs["fleet"]["environment"] == "production"
+    assert jobs["shadow"]["needs"] == "canary" and jobs["shadow"]["if"] == "vars.SHADOW_MIN_AGREEMENT != ''"
+    # A skipped shadow stage must not skip the fleet ring; a failed one (the shadow disagreed) must.
+    assert "needs.shadow.result != 'failure'" in jobs["fleet"]["if"]
     assert jobs["rollback"]["if"] == "github.event_name == 'workflow_dispatch' && inputs.action == 'rollback'"
     assert "needs" not in jobs["rollback"] and jobs["rollback"]["environment"] == "production"
     assert jobs["tests"]["if"] == "github.event_name != 'workflow_dispatch' || inputs.action == 'deploy'"
@@ -121,7 +132,34 @@ def test_azure_skips_the_rollout_when_there_is_nothing_to_deploy_and_rolls_back_
     )
     assert stages["tests"]["condition"] == "eq('${{ parameters.action }}', 'deploy')"
     assert stages["rollback"]["condition"] == "eq('${{ parameters.action }}', 'rollback')"
-    assert stages["rollback"]["dependsOn"] == [] and stages["fleet"]["dependsOn"] == "canary"
+    assert stages["rollback"]["dependsOn"] == [] and stages["fleet"]["dependsOn"] == ["canary", "shadow"]
+    assert stages["shadow"]["condition"] == "and(succeeded(), ne(variables['SHADOW_MIN_AGREEMENT'], ''))"
+    assert "in(dependencies.shadow.result, 'Succeeded', 'Skipped')" in stages["fleet"]["condition"]
+
+
+def test_both_ci_definitions_build_and_serve_the_arm64_image_on_an_arm64_machine_before_training() -> None:
+    azure, github = (yaml.safe_load(path.read_text()) for path in (AZURE, GITHUB))
+    [azure_tests] = [stage for stage in azure["stages"] if stage["stage"] == "tests"]
+    azure_job = {job["job"]: job for job in azure_tests["jobs"]}["arm64"]
+    github_job = github["jobs"]["arm64"]
+    variables = {v.get("name"): v.get("value") for v in azure["variables"]}
+
+    assert github_job["runs-on"] == "ubuntu-24.04-arm"
+    assert azure_job["pool"] == {
+        "name": "${{ variables.ARM64_POOL }}",
+        "demands": "Agent.OSArchitecture -equals ARM64",
+    }
+    assert variables["ARM64_POOL"]  # read when the pipeline compiles, so it cannot come from the variable group
+    assert github_job["if"] == github["jobs"]["tests"]["if"]
+    assert set(github["jobs"]["build"]["needs"]) == {"tests", "arm64"}
+    scripts = shell_scripts(azure_job) + shell_scripts(github_job)
+    assert len(scripts) == 2 and scripts[0] == scripts[1]
+    command = shlex.split(scripts[0])
+    assert command[:5] == ["sudo", "env", "PATH=$PATH", "EDGE_BUILD_ARM64=1", "bash"]
+    # The test it selects exists (a renamed test would select nothing and pass).
+    path, _, name = command[-1].partition("::")
+    assert (command[-2], path) == (".ci/run", "tests/container/test_image.py")
+    assert callable(getattr(importlib.import_module("tests.container.test_image"), name, None))
 
 
 @pytest.mark.parametrize("path", [AZURE, GITHUB], ids=lambda p: p.name)

@@ -57,7 +57,13 @@ def pipeline_calls(path: Path) -> list[list[str]]:
 
 
 # Numeric options come from pipeline variables; argparse checks them with a value of the variable's kind.
-NUMERIC_VARIABLES = {"$RING_TIMEOUT": "1800", "$RING_POLL": "30"}
+NUMERIC_VARIABLES = {
+    "$RING_TIMEOUT": "1800",
+    "$RING_POLL": "30",
+    "$SHADOW_MIN_AGREEMENT": "0.98",
+    "$SHADOW_MIN_COMPARED": "500",
+    "$SHADOW_TIMEOUT": "14400",
+}
 
 
 def parse(call: list[str]) -> Any:

@@ -146,6 +146,14 @@ def test_releases_fit_the_cgroup_limit_or_are_refused_and_nothing_is_oom_killed(
             later = hub.patch_desired({"unrelated": {"x": 1}})
             hub.wait_reported(lambda r: r.get("lastDesiredVersion") == later)
             assert len(releases.files["/models/big/4/model.onnx"].requests) == downloads
+
+            # The same file as a shadow: refused before its vetting child could take the cgroup down, and it
+            # does not unload the last-known-good to make room (a shadow never does).
+            hub.patch_desired({"shadows": {"big": releases.release("big", "5", huge_model)}})
+            reported = hub.wait_reported(lambda r: (r.get("shadows", {}).get("big") or {}).get("state") == "failed")
+            shadow_error = reported["shadows"]["big"]["error"]
+            assert "needs ~" in shadow_error and "to vet as a shadow" in shadow_error, shadow_error
+            assert _loaded_versions(module) == ["3"]
         assert client.statuses and set(client.statuses) == {200}, set(client.statuses)
         assert cgroup.oom_kills() == 0
         assert module.process.poll() is None

@@ -70,7 +70,12 @@ def test_twenty_swaps_under_load_fail_no_request_and_mix_no_versions(
     # Distinct models: any two versions disagree somewhere, by far more than float32 noise.
     assert min(np.abs(expected[a][1] - expected[b][1]).max() for a, b in itertools.combinations(expected, 2)) > 1e-3
 
-    edge = start_edge(desired={"models": {"iris": releases.release("iris", "1", models[1].onnx)}})
+    # Probation watches every swap, but only its failure rate may act here: on a loaded machine a p99 spike of
+    # the load itself could roll a version back, and this test is about swaps, not latency verdicts.
+    edge = start_edge(
+        desired={"models": {"iris": releases.release("iris", "1", models[1].onnx)}},
+        env={"EDGE_PROBATION_MAX_LATENCY_RATIO": "1000000"},
+    )
     edge.hub.wait_model_state("iris", "active", activeVersion="1")
     request = v2_request(rows)
     tally = Tally()

@@ -10,7 +10,7 @@ queries). This part holds one MQTT connection per device broker (``fleet_brokers
 - when a configuration is created, changed or deleted, sends each device whose desired properties changed
   a desired patch (a JSON merge patch, with the next ``$version``), as IoT Hub does for automatic
   deployments;
-- merges the module's reported patches into its twin and hands the ``models`` part to the stand-in, so
+- merges the module's reported patches into its twin and hands the ``models`` and ``shadows`` parts to the stand-in, so
   ``fleet status`` (a REST query) reads what the real modules reported.
 """
 
@@ -211,8 +211,9 @@ class FleetHub:
                 twin.reported_version += 1
                 version = twin.reported_version
                 models = copy.deepcopy(twin.reported.get("models") or {})
+                shadows = copy.deepcopy(twin.reported.get("shadows") or {})
             with self.stand_in.lock:
-                self.stand_in.set_reported(device, models)
+                self.stand_in.set_reported(device, models, shadows)
             if self.on_reported is not None:
                 self.on_reported(device, models)
             self._send(device, f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"")
