@@ -6,6 +6,7 @@ Both sides use this module: the cloud signs with it, the edge parses and verifie
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from edge_module.errors import InvalidRequest
 from edge_module.store import NAME_PATTERN, VERSION_PATTERN
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-ALLOWED_KEYS = frozenset({"version", "uri", "sha256", "size", "signature"})
+ALLOWED_KEYS = frozenset({"version", "uri", "sha256", "size", "signature", "spreadSeconds"})
+# The longest download start delay a release may ask for (docs/fleet-scale.md#download-spreading).
+MAX_SPREAD_SECONDS = 3600
 
 
 class ReleaseError(InvalidRequest):
@@ -34,6 +37,8 @@ class Release:
     sha256: str
     size: int | None = None
     signature: str | None = None
+    # Not covered by the signature (like ``uri``): it only delays the download, at most MAX_SPREAD_SECONDS.
+    spread_seconds: int | None = None
 
     def signed_message(self) -> bytes:
         return signing_message(self.name, self.version, self.sha256, self.size)
@@ -44,6 +49,8 @@ class Release:
             block["size"] = self.size
         if self.signature is not None:
             block["signature"] = self.signature
+        if self.spread_seconds is not None:
+            block["spreadSeconds"] = self.spread_seconds
         return block
 
 
@@ -75,7 +82,14 @@ def parse_release(name: str, block: Any) -> Release:
     signature = block.get("signature")
     if signature is not None and not isinstance(signature, str):
         raise ReleaseError(f"release for '{name}': 'signature' must be a base64 string")
-    return Release(name=name, version=version, uri=uri, sha256=sha256, size=size, signature=signature)
+    spread = block.get("spreadSeconds")
+    if spread is not None and (
+        not isinstance(spread, int) or isinstance(spread, bool) or not 0 <= spread <= MAX_SPREAD_SECONDS
+    ):
+        raise ReleaseError(f"release for '{name}': 'spreadSeconds' must be an integer from 0 to {MAX_SPREAD_SECONDS}")
+    return Release(
+        name=name, version=version, uri=uri, sha256=sha256, size=size, signature=signature, spread_seconds=spread
+    )
 
 
 def load_public_keys(pem_text: str) -> list[Any]:
@@ -117,4 +131,4 @@ def verify_signature(release: Release, trusted_keys: Iterable[Any]) -> None:
 def sign_release(release: Release, private_key: Any) -> Release:
     """Return ``release`` with its ed25519 signature (``private_key``: an Ed25519PrivateKey)."""
     signature = base64.b64encode(private_key.sign(release.signed_message())).decode()
-    return Release(release.name, release.version, release.uri, release.sha256, release.size, signature)
+    return dataclasses.replace(release, signature=signature)

@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     download_timeout: float = Field(default=60.0, gt=0)
     download_attempts: int = Field(default=5, ge=1, le=100)
     download_backoff: float = Field(default=1.0, ge=0)
+    # Window of the random delay before downloading a new release (0 = off); a release's spreadSeconds wins.
+    download_spread_s: float = Field(default=0.0, ge=0, le=3600)
     # A release that failed for a transient reason (network) is tried again after this many seconds.
     update_retry_interval: float = Field(default=300.0, gt=0)
 

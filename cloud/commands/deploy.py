@@ -5,7 +5,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge_module.release import Release
 
 NAME = "deploy"
 HELP = "render and validate IoT Edge manifests, layered deployments and twin patches, and apply them to IoT Hub"
@@ -29,6 +32,13 @@ def _releases(parser: argparse.ArgumentParser, required: bool = True) -> None:
     )
     parser.add_argument("--trusted-keys", type=Path, help="refuse releases not signed by one of these public keys")
     parser.add_argument("--module", default="edge-inference", help="the module's name (default: %(default)s)")
+    parser.add_argument(
+        "--spread-seconds",
+        type=int,
+        metavar="S",
+        help="devices start their download after a random delay below S seconds (the release's spreadSeconds;"
+        " 0 turns spreading off; not signed: see docs/fleet-scale.md#download-spreading)",
+    )
 
 
 def _hub(parser: argparse.ArgumentParser, what: str) -> None:
@@ -113,7 +123,20 @@ def _load_models(args: argparse.Namespace) -> dict[str, Any]:
     for release in releases:
         if not release.signature:
             sys.stderr.write(f"warning: release {release.name}:{release.version} is unsigned\n")
+    if getattr(args, "spread_seconds", None) is not None:
+        releases = [_with_spread(release, args.spread_seconds) for release in releases]
     return models_block(releases)
+
+
+def _with_spread(release: Release, seconds: int) -> Release:
+    from cloud.releases.errors import TemplateError
+    from edge_module.release import ReleaseError, parse_release
+
+    block = {**release.as_desired(), "spreadSeconds": seconds}
+    try:
+        return parse_release(release.name, block)  # the edge's own bounds
+    except ReleaseError as error:
+        raise TemplateError(f"--spread-seconds: {error}") from None
 
 
 def _write(path: Path, document: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge_module.errors import EdgeError, ModelNotFound
@@ -17,6 +17,7 @@ from edge_module.manager import ModelManager
 from edge_module.release import Release, SignatureError, verify_signature
 from edge_module.twin.fetch import FetchError, FetchPolicy, fetch_release
 from edge_module.twin.reported import ReportedState
+from edge_module.twin.spread import DownloadSpread, wait_to_download
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class ModelUpdater:
     reported: ReportedState
     # Set when EDGE_TRUSTED_KEYS is configured but yields no key: refuse everything rather than fail open.
     keys_error: str | None = None
+    spread: DownloadSpread = field(default_factory=DownloadSpread)
 
     def _active(self, name: str) -> tuple[str | None, str | None]:
         served = self.manager.repository.served(name)
@@ -84,6 +86,7 @@ class ModelUpdater:
         verify_signature(release, self.trusted_keys)
         store = self.manager.store
         if not await asyncio.to_thread(store.has_blob, release.sha256):
+            await wait_to_download(self.spread, release, lambda at: self._waiting(release, at))
             self._report(name, "downloading", release.version)
             log.info("model %s version %s: downloading", name, release.version)
             await fetch_release(release, store, self.policy, on_verifying=lambda: self._verifying(release))
@@ -94,6 +97,10 @@ class ModelUpdater:
         await asyncio.shield(activation)
         self._report(name, "active", release.version)
         return Outcome.ACTIVE
+
+    def _waiting(self, release: Release, starts_at: str) -> None:
+        version, sha256 = self._active(release.name)
+        self.reported.set_model(release.name, "downloading", release.version, version, sha256, None, starts_at)
 
     def _verifying(self, release: Release) -> None:
         self._report(release.name, "verifying", release.version)

@@ -42,6 +42,7 @@ class ReportedState:
         active_version: str | None,
         sha256: str | None,
         error: str | None = None,
+        download_starts_at: str | None = None,
     ) -> None:
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
@@ -54,6 +55,9 @@ class ReportedState:
             "error": _bounded(error),
             "updatedAt": utc_now(),
         }
+        # Sent while a spread delay runs (state downloading), then once as null to clear it.
+        if download_starts_at is not None or (self._models.get(name) or {}).get("downloadStartsAt") is not None:
+            block["downloadStartsAt"] = download_starts_at
         self._models[name] = block
         self._pending.setdefault("models", {})[name] = block
         self.changed.set()

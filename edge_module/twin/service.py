@@ -22,6 +22,7 @@ from edge_module.twin.fetch import FetchPolicy
 from edge_module.twin.pipeline import ModelUpdater
 from edge_module.twin.reconcile import Reconciler
 from edge_module.twin.reported import ReportedState
+from edge_module.twin.spread import DownloadSpread
 
 log = logging.getLogger(__name__)
 MAX_CONCURRENT_REQUESTS = 16
@@ -57,7 +58,8 @@ class TwinSync:
             attempts=settings.download_attempts,
             backoff=settings.download_backoff,
         )
-        updater = ModelUpdater(module.manager, policy, keys, self.reported, keys_error)
+        spread = DownloadSpread(settings.download_spread_s)
+        updater = ModelUpdater(module.manager, policy, keys, self.reported, keys_error, spread)
         self.reconciler = Reconciler(updater, self.reported, settings.update_retry_interval)
         self.shadows = shadow_install.ShadowInstaller(
             module.manager, module.shadows, policy, keys, self.reported, keys_error

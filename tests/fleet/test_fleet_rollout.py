@@ -270,3 +270,79 @@ def test_a_broken_release_stops_at_the_canary_ring(
         finally:
             codes = [module.stop() for module in modules]
         assert codes == [0] * len(modules)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_fleet_converges_across_a_hub_restart_mid_rollout(
+    tmp_path: Path, azurite: Azurite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A release goes out with download spreading; once every module has taken it (and most are still
+    waiting to download), the hub's MQTT side and every broker restart. The modules reconnect, read their
+    twin again, keep the update they were running, and all end active on the release: none failed."""
+    keys = generate_key_pair(tmp_path / "keys", "release")
+    fleet = {f"gw-{n:03d}": {"environment": "prod"} for n in range(10)}
+    names = sorted(fleet)
+    stand_in = StandInHub(
+        tmp_path / "hub" / "state.json",
+        load_public_keys(keys.public_path.read_text()),
+        devices=fleet,
+        simulate_devices=False,
+    )
+    release = publish(tmp_path, azurite, keys, "1")
+    monkeypatch.setenv("IOTHUB_CONNECTION_STRING", stand_in.connection_string)
+    credentials = HubCredentials.from_connection_string(stand_in.connection_string)
+
+    modules: list[ModuleProcess] = []
+    with (
+        DeviceBrokers(tmp_path / "brokers", len(names)) as brokers,
+        WorkloadAPI(brokers.ca_pem) as workload,
+        FleetHub(stand_in, brokers, names) as hub,
+        HubServer(stand_in.respond) as rest,
+        IoTHubClient(credentials, endpoint=rest.url) as client,
+    ):
+        try:
+            start_modules(modules, names, tmp_path, brokers, workload, keys.public_path)
+            deadline = time.monotonic() + 300
+            while hub.connected < len(names) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert hub.connected == len(names)
+
+            args = ["deploy", "layered", "--release", str(release), "--id", "models-iris-1", "--priority", "10"]
+            args += ["--target-condition", "tags.environment='prod'", "--spread-seconds", "20"]
+            args += ["--out", str(tmp_path / "layered.json"), "--apply", "--hub-endpoint", rest.url]
+            assert main(args) == 0
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # every module took the release (most now wait to download)
+                seen = statuses(client)
+                if all(seen.get(d, {}).get("desiredVersion") == "1" for d in names):
+                    break
+                time.sleep(0.2)
+            waiting = [d for d in names if seen[d].get("state") == "downloading" and seen[d].get("downloadStartsAt")]
+            active_before = sum(seen[d].get("state") == "active" for d in names)
+            gets_before = hub.counts["twin GETs"]
+
+            def brokers_down_and_up() -> None:
+                for index in range(len(names)):
+                    brokers.stop_one(index)
+                for index in range(len(names)):
+                    brokers.start_one(index, wait=True)
+
+            hub.restart(brokers_down_and_up)
+            seen = wait_for(client, names, "1", timeout=300)
+            not_active = not_active_on(seen, names, "1")
+            assert not_active == {}, f"{len(not_active)} devices not active on 1: {not_active}"
+            assert active_before < len(names) and waiting  # the restart came mid-rollout
+            assert hub.counts["twin GETs"] >= gets_before + len(names)  # every module read its twin again
+            assert all(seen[d].get("downloadStartsAt") is None for d in names)
+            capsys.readouterr()
+            assert main(["fleet", "status", "--json", "--hub-endpoint", rest.url]) == 0
+            summary = json.loads(capsys.readouterr().out)["summary"]["iris"]
+            assert summary["active"] == {"1": len(names)} and summary["failed"] == {} and summary["pending"] == []
+            sys.stderr.write(
+                f"\nhub restart: {active_before} of {len(names)} active and {len(waiting)} waiting when it restarted;"
+                f" hub {dict(hub.counts)}\n"
+            )
+        finally:
+            codes = [module.stop() for module in modules]
+        assert codes == [0] * len(modules)

@@ -267,3 +267,14 @@ def test_train_release_deploy_renders_a_schema_valid_manifest(
     entry = registry.get("iris")
     assert models["iris"]["sha256"] == entry.sha256 and models["iris"]["version"] == entry.version
     validate_manifest(manifest, schemas, str(out), MODULE)
+
+
+def test_deploy_layered_sets_the_release_spread(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    release = write_release(tmp_path, {"iris": RELEASE})
+    args = ["deploy", "layered", "--release", str(release), "--id", "m", "--target-condition", "tags.a='b'"]
+    args += ["--priority", "1", "--out", str(tmp_path / "layered.json")]
+    assert main([*args, "--spread-seconds", "600"]) == 0
+    models = json.loads((tmp_path / "layered.json").read_text())["content"]["modulesContent"][MODULE]
+    assert models["properties.desired.models"]["iris"] == {**RELEASE, "spreadSeconds": 600}
+    assert main([*args, "--spread-seconds", "7200"]) == 1
+    assert "'spreadSeconds' must be an integer from 0 to 3600" in capsys.readouterr().err

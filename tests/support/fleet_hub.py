@@ -20,6 +20,7 @@ import copy
 import json
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from tests.support.fleet_brokers import DeviceBrokers
 from tests.support.iothub import _query, merge_patch
 
 MODULE = "edge-inference"
+SHARED_PREFIX = "fleet"
 
 
 def merge_diff(old: dict[str, Any], new: dict[str, Any], depth: int = 2) -> dict[str, Any]:
@@ -59,13 +61,31 @@ class DeviceTwin:
 
 
 class FleetHub:
-    def __init__(self, stand_in: StandInHub, brokers: DeviceBrokers, devices: list[str]) -> None:
-        import paho.mqtt.client as mqtt
+    """The hub's MQTT side. With ``brokers`` (one per real module) it holds one connection per broker and
+    IoT Hub's own twin topics; with ``shared`` (host, port) it holds one connection to a single broker and
+    the device-named topics ``fleet/<device>/$iothub/twin/...`` that ``benchmarks/fleet_device.py``'s
+    simulated devices use (they are not the SDK, so they can name themselves in the topic).
 
-        if len(devices) != brokers.count:
+    The twins (desired, reported, versions) are the hub's durable state: ``restart`` drops every MQTT
+    connection and makes new ones, keeping them, as a hub restart does."""
+
+    def __init__(
+        self,
+        stand_in: StandInHub,
+        brokers: DeviceBrokers | None,
+        devices: list[str],
+        shared: tuple[str, int] | None = None,
+        on_reported: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        if (brokers is None) == (shared is None):
+            raise ValueError("give either one broker per device or a shared broker")
+        if brokers is not None and len(devices) != brokers.count:
             raise ValueError("one broker per device")
         self.stand_in = stand_in
+        self.brokers = brokers
+        self.shared = shared
         self.devices = devices
+        self.on_reported = on_reported
         self.twins = {device: DeviceTwin() for device in devices}
         self.counts: Counter[str] = Counter()  # twin GETs, desired patches sent, reported patches received
         self._lock = threading.Lock()
@@ -74,33 +94,67 @@ class FleetHub:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="fleet-hub-refresh", daemon=True)
-        for index, device in enumerate(devices):
-            client = mqtt.Client(client_id=f"fleet-hub-{device}", clean_session=False)
-            client.user_data_set(device)
+        # Two hub sides (real modules and simulated devices) may serve one stand-in: each is told.
+        self._earlier = stand_in.on_configurations_changed
+        stand_in.on_configurations_changed = self._configurations_changed
+
+    def _configurations_changed(self) -> None:
+        if self._earlier is not None:
+            self._earlier()
+        self._wake.set()
+
+    def _connect(self) -> None:
+        import paho.mqtt.client as mqtt
+
+        if self.shared is not None:
+            client = mqtt.Client(client_id="fleet-hub", clean_session=False)
+            client.user_data_set(None)
+            self._clients = {device: client for device in self.devices}
+            targets = [(client, self.shared)]
+        else:
+            assert self.brokers is not None
+            self._clients = {}
+            targets = []
+            for index, device in enumerate(self.devices):
+                client = mqtt.Client(client_id=f"fleet-hub-{device}", clean_session=False)
+                client.user_data_set(device)
+                self._clients[device] = client
+                targets.append((client, (self.brokers.hosts[index], self.brokers.plain_port)))
+        for client, (host, port) in targets:
             client.on_connect = self._on_connect
             client.on_disconnect = self._on_disconnect
             client.on_message = self._on_message
             client.reconnect_delay_set(0.1, 1)
-            client.connect_async(brokers.hosts[index], brokers.plain_port, keepalive=10)
-            self._clients[device] = client
-        stand_in.on_configurations_changed = self._wake.set
+            client.connect_async(host, port, keepalive=10)
+            client.loop_start()
+
+    def _disconnect(self) -> None:
+        for client in set(self._clients.values()):
+            client.disconnect()
+            client.loop_stop()
+        with self._lock:
+            self._connected.clear()
 
     def start(self) -> FleetHub:
         with self.stand_in.lock:
             for device in self.devices:
                 self.twins[device].desired = self.stand_in.desired_for(device)
-        for client in self._clients.values():
-            client.loop_start()
+        self._connect()
         self._refresher.start()
         return self
+
+    def restart(self, while_down: Callable[[], None] = lambda: None) -> None:
+        """Drop every MQTT connection, run ``while_down`` (e.g. restart the brokers), connect again."""
+        self._disconnect()
+        while_down()
+        self._connect()
+        self._wake.set()  # configurations changed while down are sent now
 
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
         self._refresher.join(10)
-        for client in self._clients.values():
-            client.disconnect()
-            client.loop_stop()
+        self._disconnect()
 
     def __enter__(self) -> FleetHub:
         return self.start()
@@ -110,23 +164,33 @@ class FleetHub:
 
     @property
     def connected(self) -> int:
+        """Per-device brokers: the brokers connected to. Shared broker: 1 once connected."""
         with self._lock:
             return len(self._connected)
 
-    def _on_connect(self, client: Any, device: str, flags: Any, rc: int) -> None:
+    def _on_connect(self, client: Any, device: str | None, flags: Any, rc: int) -> None:
         if rc != 0:
             return
+        prefix = "" if device is not None else f"{SHARED_PREFIX}/+/"
         for topic in ("$iothub/twin/GET/#", "$iothub/twin/PATCH/properties/reported/#"):
-            client.subscribe(topic, qos=1)
+            client.subscribe(prefix + topic, qos=1)
         with self._lock:
-            self._connected.add(device)
+            self._connected.add(device or "shared")
 
-    def _on_disconnect(self, client: Any, device: str, rc: int) -> None:
+    def _on_disconnect(self, client: Any, device: str | None, rc: int) -> None:
         with self._lock:
-            self._connected.discard(device)
+            self._connected.discard(device or "shared")
 
-    def _on_message(self, client: Any, device: str, msg: Any) -> None:
+    def _send(self, device: str, topic: str, payload: str | bytes) -> None:
+        prefix = "" if self.shared is None else f"{SHARED_PREFIX}/{device}/"
+        self._clients[device].publish(prefix + topic, payload, qos=1)
+
+    def _on_message(self, client: Any, device: str | None, msg: Any) -> None:
         topic: str = msg.topic
+        if device is None:
+            _, device, topic = topic.split("/", 2)
+            if device not in self.twins:
+                return
         rid = _query(topic).get("$rid", "")
         if topic.startswith("$iothub/twin/GET/"):
             self._refresh(device)
@@ -137,7 +201,7 @@ class FleetHub:
                     "desired": {**copy.deepcopy(twin.desired), "$version": twin.desired_version},
                     "reported": {**copy.deepcopy(twin.reported), "$version": twin.reported_version},
                 }
-            client.publish(f"$iothub/twin/res/200/?$rid={rid}", json.dumps(body), qos=1)
+            self._send(device, f"$iothub/twin/res/200/?$rid={rid}", json.dumps(body))
         elif topic.startswith("$iothub/twin/PATCH/properties/reported/"):
             patch = json.loads(msg.payload)
             with self._lock:
@@ -150,7 +214,9 @@ class FleetHub:
                 shadows = copy.deepcopy(twin.reported.get("shadows") or {})
             with self.stand_in.lock:
                 self.stand_in.set_reported(device, models, shadows)
-            client.publish(f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"", qos=1)
+            if self.on_reported is not None:
+                self.on_reported(device, models)
+            self._send(device, f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"")
 
     def _refresh(self, device: str) -> dict[str, Any] | None:
         """Recompute the device's desired properties; the patch to send when they changed."""
@@ -177,4 +243,4 @@ class FleetHub:
                     with self._lock:
                         self.counts["desired patches"] += 1
                     topic = f"$iothub/twin/PATCH/properties/desired/?$version={patch['$version']}"
-                    self._clients[device].publish(topic, json.dumps(patch), qos=1)
+                    self._send(device, topic, json.dumps(patch))
