@@ -37,9 +37,9 @@ def merge_diff(old: dict[str, Any], new: dict[str, Any], depth: int = 2) -> dict
 
     IoT Hub does not document the exact patch it sends a device when an automatic deployment changes its
     desired properties. We send each changed release block whole (``models.<name>``), as ``deploy twin``
-    does: the module replaces a model's block from a patch rather than merging into it
-    (``edge_module/twin/reconcile.py``), so a field-by-field diff would hand it a partial, unverifiable
-    release (it then reports ``failed``: signature mismatch).
+    does. The module merges a patch into a model's block field by field, as RFC 7386 says
+    (``edge_module/twin/reconcile.py``), so a field-by-field diff would work as well; whole blocks keep
+    each patch readable on its own.
     """
     patch: dict[str, Any] = dict.fromkeys(old.keys() - new.keys())
     for key, value in new.items():
