@@ -19,16 +19,21 @@ from tests.test_hostile_models import HOSTILE
 DEFAULT_MODEL = Path(__file__).parents[1] / "edge_module" / "default_model" / "model.onnx"
 
 
+def _text(value: str | bytes) -> str:
+    """protobuf hands a string field that is not valid UTF-8 back as bytes; ours decodes it with U+FFFD."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
 def reference(data: bytes) -> tuple[set[str], int, list[tuple[str, str]], list[tuple[str, list[int | None]]]]:
     """The same summary, computed with the onnx package."""
     model = onnx.load_model_from_string(data)
-    domains = {opset.domain for opset in model.opset_import}
+    domains = {_text(opset.domain) for opset in model.opset_import}
     external: list[tuple[str, str]] = []
 
     def tensor(t: onnx.TensorProto) -> None:
         if t.data_location == TensorProto.EXTERNAL or t.external_data:
-            location = next((e.value for e in t.external_data if e.key == "location"), "?")
-            external.append((t.name, location))
+            location = next((_text(e.value) for e in t.external_data if _text(e.key) == "location"), "?")
+            external.append((_text(t.name), location))
 
     def sparse(s: onnx.SparseTensorProto) -> None:
         if s.HasField("values"):
@@ -38,7 +43,7 @@ def reference(data: bytes) -> tuple[set[str], int, list[tuple[str, str]], list[t
 
     def graph(g: onnx.GraphProto) -> None:
         for node in g.node:
-            domains.add(node.domain)
+            domains.add(_text(node.domain))
             for a in node.attribute:
                 if a.HasField("t"):
                     tensor(a.t)
@@ -59,7 +64,7 @@ def reference(data: bytes) -> tuple[set[str], int, list[tuple[str, str]], list[t
 
     graph(model.graph)
     io = [
-        (v.name, [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim])
+        (_text(v.name), [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim])
         for v in list(model.graph.input) + list(model.graph.output)
     ]
     return domains, len(model.functions), external, io
