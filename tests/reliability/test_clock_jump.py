@@ -11,6 +11,7 @@ for IoT Edge itself.
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from pathlib import Path
 
@@ -25,6 +26,14 @@ pytestmark = pytest.mark.slow
 CACHE_S = 1  # libfaketime re-reads the offset file this often
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """libfaketime re-reads the file on its own schedule: a plain rewrite can be read while it is empty (it
+    then keeps the old offset for another cache period, and the update under test finishes inside it)."""
+    staging = path.with_suffix(".new")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
 def _reported_at(block: dict[str, str]) -> datetime.datetime:
     return datetime.datetime.strptime(block["updatedAt"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
 
@@ -36,7 +45,7 @@ def test_wall_clock_jumps_do_not_stall_updates_or_serving(
     library = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), None)
     assert library is not None, "the faketime package ships libfaketime.so.1 under /usr/lib/<triplet>/faketime"
     offset = tmp_path / "faketime"
-    offset.write_text("+0\n")
+    _write_atomically(offset, "+0\n")
     env = {
         "LD_PRELOAD": str(library),
         "FAKETIME_TIMESTAMP_FILE": str(offset),
@@ -53,7 +62,7 @@ def test_wall_clock_jumps_do_not_stall_updates_or_serving(
     edge.hub.wait_model_state("iris", "active", activeVersion="1")
 
     for version, jump, expected_shift in ((2, "-50m", -50 * 60), (3, "+1d", 86400)):
-        offset.write_text(f"{jump}\n")
+        _write_atomically(offset, f"{jump}\n")
         time.sleep(CACHE_S + 0.5)
         data = models[version].onnx
         # A reset mid-body: the download resumes after a backoff, timed by the monotonic clock.
