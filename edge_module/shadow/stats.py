@@ -22,13 +22,11 @@ def _percentile(values: deque[float], q: float) -> float | None:
 
 
 class ShadowStats:
-    """Counts and distributions; written by the mirror's worker and the hot path, read by reporters."""
+    """Comparison counts and distributions, kept in the shadow worker (the module counts what it mirrored
+    and dropped: ``mirror.Shadow``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.since = utc_now()
-        self.mirrored = 0
-        self.dropped = 0
         self.compared = 0
         self.errors = 0
         self.labelled = 0  # rows whose labels were compared
@@ -39,12 +37,6 @@ class ShadowStats:
         self._diffs: deque[float] = deque(maxlen=WINDOW)
         self._shadow_ms: deque[float] = deque(maxlen=WINDOW)
         self._active_ms: deque[float] = deque(maxlen=WINDOW)
-
-    def count_mirrored(self) -> None:
-        self.mirrored += 1  # only the hot path's thread writes it; a torn read costs one count at most
-
-    def count_dropped(self) -> None:
-        self.dropped += 1
 
     def record_error(self) -> None:
         with self._lock:
@@ -88,9 +80,7 @@ class ShadowStats:
     def report(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "mirrored": self.mirrored,
                 "compared": self.compared,
-                "dropped": self.dropped,
                 "agreement": self.agreed / self.labelled if self.labelled else None,
                 "meanAbsDiff": self._diff_sum / self._diff_count if self._diff_count else None,
                 "p99AbsDiff": _percentile(self._diffs, 99),
@@ -100,5 +90,4 @@ class ShadowStats:
                 "activeP50Ms": _percentile(self._active_ms, 50),
                 "activeP99Ms": _percentile(self._active_ms, 99),
                 "errors": self.errors,
-                "since": self.since,
             }
