@@ -96,7 +96,7 @@ async def serve(module: EdgeModule, services: tuple[Service, ...] = (), stop: as
 
 
 async def _start_grpc(module: EdgeModule) -> GrpcServer | None:
-    """The gRPC endpoint when EDGE_GRPC_PORT is set; grpcio is imported only then."""
+    """The gRPC endpoint when EDGE_GRPC_PORT is set; its modules are imported only then."""
     if module.settings.grpc_port is None:
         return None
     from edge_module.grpc.server import GrpcServer

@@ -10,7 +10,7 @@
   present the new certificate; open connections keep theirs, and nothing is dropped.
 
 The trust bundle (the CA chain clients verify against) is kept beside it and served at
-``/trust-bundle.pem``. Other servers (gRPC) read ``current`` and subscribe to ``listeners`` for renewals.
+``/trust-bundle.pem``. gRPC serves from a context derived from it (ALPN h2), renewed with it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import os
 import socket
 import ssl
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -64,37 +63,50 @@ class ServerCertificate:
         )
 
 
-Listener = Callable[[ServerCertificate], None]
-
-
 class LiveTLS:
     """The server's SSL context and the certificate it presents now."""
 
     def __init__(self, trust_bundle: bytes | None = None) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context = _server_context()
         self.current: ServerCertificate | None = None
         self.trust_bundle = trust_bundle
-        self.listeners: list[Listener] = []
+        self._derived: list[ssl.SSLContext] = []
+
+    def derive(self, alpn: list[str]) -> ssl.SSLContext:
+        """Another live context with the same certificate and its renewals, offering ``alpn`` (gRPC: h2).
+
+        HTTPS keeps its own context without ALPN, so HTTP/2-capable clients stay on HTTP/1.1 there."""
+        context = _server_context()
+        context.set_alpn_protocols(alpn)
+        if self.current is not None:
+            _load(context, self.current)
+        self._derived.append(context)
+        return context
 
     def install(self, certificate: ServerCertificate) -> None:
-        # load_cert_chain takes paths only: the key touches disk in a private directory, for a moment.
-        with tempfile.TemporaryDirectory(prefix="edge-tls-") as directory:
-            chain, key = Path(directory) / "chain.pem", Path(directory) / "key.pem"
-            chain.write_bytes(certificate.chain_pem)
-            descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(certificate.key_pem)
-            try:
-                self.context.load_cert_chain(chain, key)
-            except ssl.SSLError as exc:
-                raise TLSConfigError(f"the certificate and key do not load: {exc}") from exc
+        for context in (self.context, *self._derived):
+            _load(context, certificate)
         self.current = certificate
-        for listener in self.listeners:
-            try:
-                listener(certificate)
-            except Exception:
-                log.exception("a TLS renewal listener failed")
+
+
+def _server_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _load(context: ssl.SSLContext, certificate: ServerCertificate) -> None:
+    # load_cert_chain takes paths only: the key touches disk in a private directory, for a moment.
+    with tempfile.TemporaryDirectory(prefix="edge-tls-") as directory:
+        chain, key = Path(directory) / "chain.pem", Path(directory) / "key.pem"
+        chain.write_bytes(certificate.chain_pem)
+        descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(certificate.key_pem)
+        try:
+            context.load_cert_chain(chain, key)
+        except ssl.SSLError as exc:
+            raise TLSConfigError(f"the certificate and key do not load: {exc}") from exc
 
 
 def common_name(settings: Settings) -> str:

@@ -1,107 +1,161 @@
-"""The gRPC server: V2 inference on its own port, in the module's process and on its event loop."""
+"""The gRPC server: V2 inference on its own port, in the module's process and on its event loop.
+
+gRPC runs over our own HTTP/2 connection (edge_module/http2), not grpcio: grpcio's Python server costs
+250-300 µs of CPU per call before any of our code runs, several times our whole HTTP request, and its C
+extension would add 17 MB to the edge image (docs/grpc.md).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
-from collections.abc import Callable
+import ssl
 
-import grpc
-
-from edge_module.grpc.service import InferenceService
+from edge_module.grpc.errors import status_of
+from edge_module.grpc.service import Handler, InferenceService, Parser
+from edge_module.grpc.status import GrpcError, StatusCode
+from edge_module.grpc.wire import (
+    OK_TRAILERS,
+    RESPONSE_HEADERS,
+    Call,
+    NotGrpc,
+    frame_message,
+    read_call,
+    read_message,
+    trailers_only,
+)
+from edge_module.http2.connection import HANDSHAKE_TIMEOUT_S, Connection, Stream
 from edge_module.module import EdgeModule
-from edge_module.tls import LiveTLS
 
 log = logging.getLogger(__name__)
 
-# Returns the current (certificate chain PEM, private key PEM). Called on every TLS handshake: must be cheap.
-CertificateSource = Callable[[], tuple[bytes, bytes]]
 STOP_GRACE_S = 5.0
 STREAMS_PER_CONNECTION = 128
+_PREFIX_BYTES = 5  # a gRPC message's compressed flag and length
 
 
-def live_certificates(live: LiveTLS) -> CertificateSource:
-    """What HTTPS presents now (EDGE_TLS files or workload): a renewal reaches gRPC's next handshake too."""
+class GrpcApplication:
+    """Calls from every connection: each runs as a task, answered with its message or its status."""
 
-    def current() -> tuple[bytes, bytes]:
-        certificate = live.current
-        assert certificate is not None  # start_tls installed one before gRPC starts
-        return certificate.chain_pem, certificate.key_pem
+    def __init__(self, methods: dict[bytes, tuple[Parser, Handler]], max_message: int) -> None:
+        self.methods = methods
+        self.max_message = max_message
+        self.tasks: set[asyncio.Task[None]] = set()
 
-    return current
+    def request(self, connection: Connection, stream: Stream) -> None:
+        try:
+            call = read_call(stream.headers)
+            method = self.methods.get(call.path)
+            if method is None:
+                raise GrpcError(StatusCode.UNIMPLEMENTED, f"method {call.path.decode('latin-1')} is not served")
+            message = read_message(stream.body(), call.encoding, self.max_message)
+        except NotGrpc as exc:
+            connection.respond(stream, trailers_only(StatusCode.INTERNAL, exc.message, exc.status))
+            return
+        except GrpcError as exc:
+            connection.respond(stream, trailers_only(exc.code, exc.message))
+            return
+        task = asyncio.get_running_loop().create_task(self._run(connection, stream, call, method, message))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        stream.on_reset = task.cancel
 
+    def too_large(self, connection: Connection, stream: Stream) -> None:
+        text = f"received message larger than max ({stream.size - _PREFIX_BYTES}+ vs. {self.max_message})"
+        connection.respond(stream, trailers_only(StatusCode.RESOURCE_EXHAUSTED, text))
 
-def server_credentials(source: CertificateSource) -> grpc.ServerCredentials:
-    """TLS credentials that follow ``source``: a renewed certificate serves new connections from then on."""
-    lock = threading.Lock()  # gRPC calls the fetcher from its own threads
-    current = source()
-
-    def configuration(pair: tuple[bytes, bytes]) -> grpc.ServerCertificateConfiguration:
-        chain, key = pair
-        return grpc.ssl_server_certificate_configuration([(key, chain)])
-
-    def fetch() -> grpc.ServerCertificateConfiguration | None:
-        nonlocal current
-        pair = source()
-        with lock:
-            if pair == current:
-                return None  # unchanged: gRPC keeps the configuration it has
-            current = pair
-        log.info("gRPC TLS certificate renewed")
-        return configuration(pair)
-
-    return grpc.dynamic_ssl_server_credentials(configuration(current), fetch, require_client_authentication=False)
+    async def _run(
+        self, connection: Connection, stream: Stream, call: Call, method: tuple[Parser, Handler], message: bytes
+    ) -> None:
+        parse, handle = method
+        try:
+            try:
+                request = parse(message)
+            except Exception as exc:  # protobuf's DecodeError, or worse: the bytes are not the message
+                raise GrpcError(StatusCode.INTERNAL, f"the request message does not parse: {exc}") from None
+            if call.timeout is None:
+                reply = await handle(request, call)
+            else:
+                async with asyncio.timeout(call.timeout):
+                    reply = await handle(request, call)
+            body = frame_message(reply.SerializeToString())
+        except asyncio.CancelledError:
+            connection.abandon(stream)  # the client reset the stream, or the server is stopping
+            return
+        except TimeoutError:
+            connection.respond(stream, trailers_only(StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed"))
+            return
+        except Exception as exc:
+            code, text = status_of(exc)
+            connection.respond(stream, trailers_only(code, text))
+            return
+        connection.respond(stream, RESPONSE_HEADERS, body, OK_TRAILERS)
 
 
 class GrpcServer:
-    """The running server and the port it bound (EDGE_GRPC_PORT=0 picks a free one)."""
+    """The listening socket, its connections and the port it bound (EDGE_GRPC_PORT=0 picks a free one)."""
 
-    def __init__(self, server: grpc.aio.Server, port: int) -> None:
-        self.server = server
-        self.port = port
+    def __init__(self, application: GrpcApplication, max_connections: int | None) -> None:
+        self.application = application
+        self.max_connections = max_connections
+        self.connections: set[Connection] = set()
+        self.server: asyncio.Server | None = None
+        self.port = 0
 
     @classmethod
-    async def start(cls, module: EdgeModule, certificates: CertificateSource | None = None) -> GrpcServer:
-        """Bind EDGE_HOST:EDGE_GRPC_PORT with the module's TLS (or ``certificates``) and start serving."""
-        server, port = build_server(module, certificates)
-        await server.start()
-        log.info("gRPC (V2 inference) listening on %s:%d", module.settings.host, port)
-        return cls(server, port)
+    async def start(cls, module: EdgeModule, tls: ssl.SSLContext | None = None) -> GrpcServer:
+        """Bind EDGE_HOST:EDGE_GRPC_PORT with the module's TLS (or ``tls``) and start serving."""
+        settings = module.settings
+        methods = InferenceService(module.dataplane, settings.api_token).methods()
+        server = cls(GrpcApplication(methods, settings.max_request_bytes), settings.max_connections)
+        if tls is None and module.tls is not None:
+            if module.tls.current is None:
+                raise RuntimeError("EDGE_TLS is on but HTTPS has no certificate yet: start gRPC after start_tls")
+            tls = module.tls.derive(["h2"])
+        await server.listen(settings.host, settings.grpc_port or 0, tls)
+        log.info("gRPC (V2 inference) listening on %s:%d", settings.host, server.port)
+        return server
+
+    async def listen(self, host: str, port: int, tls: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            # No SO_REUSEPORT: a second server on a busy port must fail, not take half its connections.
+            if tls is None:
+                self.server = await loop.create_server(self._connection, host, port, reuse_port=False)
+            else:
+                self.server = await loop.create_server(
+                    self._connection, host, port, ssl=tls, reuse_port=False, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
+                )
+        except OSError as exc:
+            raise OSError(exc.errno, f"gRPC could not bind {host}:{port}: {exc.strerror or exc}") from exc
+        self.port = int(self.server.sockets[0].getsockname()[1])
+
+    def _connection(self) -> Connection:
+        full = self.max_connections is not None and len(self.connections) >= self.max_connections
+        connection = Connection(
+            self.application,
+            max_body=self.application.max_message + _PREFIX_BYTES,
+            max_streams=STREAMS_PER_CONNECTION,
+            on_close=self.connections.discard,
+            refuse="too many connections" if full else None,
+        )
+        self.connections.add(connection)
+        return connection
 
     async def stop(self, grace: float = STOP_GRACE_S) -> None:
         """In-flight calls get ``grace`` seconds to finish; new ones are refused at once."""
-        await self.server.stop(grace)
-
-
-def build_server(module: EdgeModule, certificates: CertificateSource | None = None) -> tuple[grpc.aio.Server, int]:
-    settings = module.settings
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", settings.max_request_bytes),
-            ("grpc.max_send_message_length", -1),
-            # Without this, a second server on a busy port binds it too and takes half the connections.
-            ("grpc.so_reuseport", 0),
-            # Calls in flight per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS), so one client cannot queue
-            # unbounded work. grpc.aio's maximum_concurrent_rpcs would bound the total too, but costs about 15% CPU
-            # per call (benchmarks/grpc_compare.py).
-            ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
-        ],
-    )
-    server.add_generic_rpc_handlers((InferenceService(module.dataplane, settings.api_token).handler(),))
-    address = f"{_host(settings.host)}:{settings.grpc_port or 0}"
-    if certificates is None and module.tls is not None:
-        if module.tls.current is None:
-            raise RuntimeError("EDGE_TLS is on but HTTPS has no certificate yet: start gRPC after start_tls")
-        certificates = live_certificates(module.tls)
-    try:
-        if certificates is not None:
-            port = server.add_secure_port(address, server_credentials(certificates))
-        else:
-            port = server.add_insecure_port(address)
-    except RuntimeError as exc:  # grpc reports a port it cannot bind this way
-        raise OSError(f"gRPC could not bind {address}: address already in use or unavailable ({exc})") from exc
-    return server, int(port)
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+        if self.server is not None:
+            self.server.close()
+        for connection in list(self.connections):
+            connection.shutdown()
+        waits = [asyncio.ensure_future(connection.closed.wait()) for connection in self.connections]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=grace)
+            for waiting in pending:
+                waiting.cancel()
+        for connection in list(self.connections):
+            connection.close()
+        for task in list(self.application.tasks):
+            task.cancel()
+        if self.application.tasks:
+            await asyncio.gather(*self.application.tasks, return_exceptions=True)
