@@ -199,7 +199,13 @@ class DataPlane:
         stats = self.stats.for_version(name, model.version)
         try:
             model.validate(inputs)
-            results, queued, executions = await self._run(model, inputs, None)
+            if model.runs_inline and not self.batcher.applies_to(model):
+                try:  # as in infer: no coroutine for a small model
+                    results, queued, executions = model.run(inputs, None), 0, 1
+                except Exception as exc:
+                    raise _run_error(model, exc) from exc
+            else:
+                results, queued, executions = await self._run(model, inputs, None)
         except EdgeError as exc:
             stats.record_failure(time.perf_counter_ns() - started)
             for failure_observer in self.failure_observers:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import ssl
 
+from edge_module import eager
 from edge_module.grpc.errors import status_of
 from edge_module.grpc.service import Handler, InferenceService, Parser
 from edge_module.grpc.status import GrpcError, StatusCode
@@ -55,17 +56,30 @@ class GrpcApplication:
         except GrpcError as exc:
             connection.respond(stream, trailers_only(exc.code, exc.message))
             return
-        task = asyncio.get_running_loop().create_task(self._run(connection, stream, call, method, message))
+        task = eager.start(self._run(connection, stream, method, message, call))
+        if task is None:
+            return  # answered already: the model ran inline
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         stream.on_reset = task.cancel
+        if call.timeout is not None:
+            timer = asyncio.get_running_loop().call_later(call.timeout, self._expired, connection, stream, task)
+            task.add_done_callback(lambda _: timer.cancel())
+
+    @staticmethod
+    def _expired(connection: Connection, stream: Stream, task: asyncio.Task[None]) -> None:
+        # A call that finished without waiting needs no timer; one that waits is answered here when its
+        # deadline passes, and its task is cancelled (its late answer would find the stream answered).
+        if not stream.answered:
+            connection.respond(stream, trailers_only(StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed"))
+        task.cancel()
 
     def too_large(self, connection: Connection, stream: Stream) -> None:
         text = f"received message larger than max ({stream.size - _PREFIX_BYTES}+ vs. {self.max_message})"
         connection.respond(stream, trailers_only(StatusCode.RESOURCE_EXHAUSTED, text))
 
     async def _run(
-        self, connection: Connection, stream: Stream, call: Call, method: tuple[Parser, Handler], message: bytes
+        self, connection: Connection, stream: Stream, method: tuple[Parser, Handler], message: bytes, call: Call
     ) -> None:
         parse, handle = method
         try:
@@ -73,23 +87,18 @@ class GrpcApplication:
                 request = parse(message)
             except Exception as exc:  # protobuf's DecodeError, or worse: the bytes are not the message
                 raise GrpcError(StatusCode.INTERNAL, f"the request message does not parse: {exc}") from None
-            if call.timeout is None:
-                reply = await handle(request, call)
-            else:
-                async with asyncio.timeout(call.timeout):
-                    reply = await handle(request, call)
+            reply = await handle(request, call)
             body = frame_message(reply.SerializeToString())
         except asyncio.CancelledError:
-            connection.abandon(stream)  # the client reset the stream, or the server is stopping
-            return
-        except TimeoutError:
-            connection.respond(stream, trailers_only(StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed"))
+            connection.abandon(stream)  # the client reset the stream, its deadline passed, or the server stops
             return
         except Exception as exc:
             code, text = status_of(exc)
-            connection.respond(stream, trailers_only(code, text))
+            if not stream.answered:
+                connection.respond(stream, trailers_only(code, text))
             return
-        connection.respond(stream, RESPONSE_HEADERS, body, OK_TRAILERS)
+        if not stream.answered:
+            connection.respond(stream, RESPONSE_HEADERS, body, OK_TRAILERS)
 
 
 class GrpcServer:

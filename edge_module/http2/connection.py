@@ -19,11 +19,10 @@ import asyncio
 import logging
 import struct
 from collections.abc import Callable
-from typing import Any, Protocol, cast
-
-import hpack
+from typing import Any, Protocol
 
 from edge_module.http2 import frames as f
+from edge_module.http2.hpack_decode import Decoder, HeaderBlockError, HeaderListTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +113,7 @@ class Connection(asyncio.Protocol):
         self._buffer = b""
         self._handshake = 0  # 0: waiting for the preface; 1: for the client's first SETTINGS; 2: done
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
-        self._decoder.max_allowed_table_size = HEADER_TABLE
+        self._decoder = Decoder(HEADER_TABLE, MAX_HEADER_LIST)
         self._continuing: tuple[int, int, list[bytes], int] | None = None  # stream, flags, fragments, size
         self._out: list[bytes] = []
         self._send_window = f.DEFAULT_WINDOW
@@ -125,6 +123,7 @@ class Connection(asyncio.Protocol):
         self._blocked: dict[int, Stream] = {}  # streams with response bytes waiting for window
         self._going_away = False
         self._closing = False
+        self._receiving = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -174,6 +173,7 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         buffer = self._buffer + data if self._buffer else data
+        self._receiving = True  # answers given meanwhile are written once, with everything else, at the end
         try:
             position = self._handshake_prefix(buffer) if self._handshake == 0 else 0
             if position < 0:
@@ -184,6 +184,12 @@ class Connection(asyncio.Protocol):
             log.info("HTTP/2 connection error %d: %s", exc.code, exc)
             self._fail(exc.code, str(exc))
             return
+        except Exception:
+            log.exception("HTTP/2 connection failed")
+            self._fail(f.INTERNAL_ERROR, "internal error")
+            return
+        finally:
+            self._receiving = False
         self._flush()
 
     # -- the application's side ---------------------------------------------------------------------
@@ -198,16 +204,39 @@ class Connection(asyncio.Protocol):
         stream.answered = True
         if stream.reset or self._closing:
             self._finish(stream)
-            self._flush()
-            return
-        self._headers_frames(stream.id, headers, end_stream=not body and trailers is None)
-        stream.pending = body
-        stream.pending_trailers = trailers
-        if body or trailers is not None:
-            self._send_pending(stream)
-        else:
+        elif (
+            trailers is not None
+            and 0 < len(body) <= min(self._send_window, stream.send_window, self._peer_frame)
+            and len(headers) <= self._peer_frame
+            and len(trailers) <= self._peer_frame
+        ):
+            # The usual answer, in one piece: headers, the whole body in one DATA frame, trailers.
+            pack, sid = f.pack_head, stream.id
+            self._out.append(
+                b"".join(
+                    (
+                        pack(len(headers), f.HEADERS, f.END_HEADERS, sid),
+                        headers,
+                        pack(len(body), f.DATA, 0, sid),
+                        body,
+                        pack(len(trailers), f.HEADERS, f.END_HEADERS | f.END_STREAM, sid),
+                        trailers,
+                    )
+                )
+            )
+            self._send_window -= len(body)
+            stream.send_window -= len(body)
             self._sent(stream)
-        self._flush()
+        else:
+            self._headers_frames(stream.id, headers, end_stream=not body and trailers is None)
+            stream.pending = body
+            stream.pending_trailers = trailers
+            if body or trailers is not None:
+                self._send_pending(stream)
+            else:
+                self._sent(stream)
+        if not self._receiving:
+            self._flush()
 
     def abandon(self, stream: Stream) -> None:
         """No response will come (the request was cancelled): reset the stream if it is still open."""
@@ -218,7 +247,8 @@ class Connection(asyncio.Protocol):
             stream.reset = True
             self._out.append(f.rst_stream(stream.id, f.CANCEL))
         self._finish(stream)
-        self._flush()
+        if not self._receiving:
+            self._flush()
 
     def shutdown(self) -> None:
         """Graceful: GOAWAY naming the last stream taken; streams in flight finish, then the connection closes."""
@@ -363,10 +393,10 @@ class Connection(asyncio.Protocol):
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
         # Decoded whatever becomes of the stream: the HPACK table is the connection's.
         try:
-            headers = cast(Headers, self._decoder.decode(block, raw=True))
-        except hpack.OversizedHeaderListError as exc:
+            headers = self._decoder.decode(block)
+        except HeaderListTooLarge as exc:
             raise f.ConnectionError_(f.ENHANCE_YOUR_CALM, f"header list too large: {exc}") from exc
-        except hpack.HPACKError as exc:
+        except HeaderBlockError as exc:
             raise f.ConnectionError_(f.COMPRESSION_ERROR, f"header block does not decode: {exc}") from exc
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers: allowed only as the end of the request

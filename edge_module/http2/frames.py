@@ -70,9 +70,13 @@ class StreamError(Exception):
         self.code = code
 
 
+def pack_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
+    """A frame's 9-byte header."""
+    return _HEAD.pack(length >> 8, length & 0xFF, kind, flags, stream_id)
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    length = len(payload)
-    return _HEAD.pack(length >> 8, length & 0xFF, kind, flags, stream_id) + payload
+    return pack_head(len(payload), kind, flags, stream_id) + payload
 
 
 def settings_frame(values: dict[int, int]) -> bytes:
