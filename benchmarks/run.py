@@ -542,7 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         grpc_figures = None
         if args.grpc:
             wide = refs.get("wide") or reference("wide", args.cache)
-            grpc_figures = grpc_compare.compare(wide, args.wrk, args.duration, args.rounds, args.workdir)
+            found = grpc_compare.tools()
+            if found is None:
+                raise SystemExit(2)
+            grpc_figures = grpc_compare.compare(wide, args.wrk, found[1], args.duration, args.rounds, args.workdir)
     heavy = None
     if "heavy" in refs:
         heavy = heavy_figures(ms, refs["heavy"], service_ms["heavy"], args.batch_size, args.batch_delay_ms)
