@@ -82,9 +82,10 @@ def decode_request(request: pb.ModelInferRequest, model: OnnxModel) -> DecodedRe
 
 
 def _shape(dims: Sequence[int], name: str) -> tuple[int, ...]:
-    if len(dims) > MAX_DIMS or any(dim < 0 for dim in dims):
+    shape = tuple(dims)
+    if len(shape) > MAX_DIMS or (shape and min(shape) < 0):
         raise InvalidInput(f"input '{name}': shape must be at most {MAX_DIMS} non-negative integers, got {list(dims)}")
-    return tuple(dims)
+    return shape
 
 
 def _from_contents(contents: pb.InferTensorContents, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -119,19 +120,91 @@ def encode_response(
     results: Mapping[str, np.ndarray],
     outputs: Sequence[str],
     raw: bool,
-) -> pb.ModelInferResponse:
+) -> bytes:
+    """The serialized ModelInferResponse."""
     names = list(outputs) or list(results)
     arrays = [results[name] for name in names]
     datatypes = [v2_datatype_of(array) for array in arrays]
-    raw = raw or any(datatype not in CONTENTS_FIELD for datatype in datatypes)
+    if raw or any(datatype not in CONTENTS_FIELD for datatype in datatypes):
+        return _RAW_RESPONSES.serialize(model_name, model_version, request_id, names, arrays)
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
     for name, array, datatype in zip(names, arrays, datatypes, strict=True):
         tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        if raw:
-            response.raw_output_contents.append(tensor_bytes(array))
-        else:
-            _fill_contents(tensor.contents, array, datatype)
-    return response
+        _fill_contents(tensor.contents, array, datatype)
+    data: bytes = response.SerializeToString()
+    return data
+
+
+class RawResponses:
+    """ModelInferResponse with raw_output_contents, serialized byte for byte as protobuf does, faster.
+
+    Building the message through protobuf's Python API costs about 5 µs a call. What repeats from call to
+    call (model, version, and each output's name, datatype and shape) is encoded once per combination; a
+    call adds its id and its tensors' bytes. Fields go in field-number order, empty strings are left out
+    (proto3), and every raw_output_contents entry is written, as protobuf writes them.
+    """
+
+    KEPT = 256
+
+    def __init__(self) -> None:
+        self._heads: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+
+    def serialize(
+        self, model_name: str, model_version: str, request_id: str, names: Sequence[str], arrays: Sequence[np.ndarray]
+    ) -> bytes:
+        key = (model_name, model_version, *names, *(array.dtype for array in arrays), *(a.shape for a in arrays))
+        head = self._heads.get(key)
+        if head is None:
+            head = self._heads[key] = self._encode_head(model_name, model_version, names, arrays)
+            if len(self._heads) > self.KEPT:
+                self._heads.clear()
+                self._heads[key] = head
+        parts = [head[0]]
+        if request_id:
+            parts.append(_field_bytes(3, request_id.encode("utf-8")))
+        parts.append(head[1])
+        for array in arrays:
+            data = tensor_bytes(array)
+            parts.append(b"\x32" + _varint(len(data)))
+            parts.append(data)
+        return b"".join(parts)
+
+    @staticmethod
+    def _encode_head(
+        model_name: str, model_version: str, names: Sequence[str], arrays: Sequence[np.ndarray]
+    ) -> tuple[bytes, bytes]:
+        model = _field_bytes(1, model_name.encode("utf-8")) if model_name else b""
+        version = _field_bytes(2, model_version.encode("utf-8")) if model_version else b""
+        tensors = []
+        for name, array in zip(names, arrays, strict=True):
+            tensor = _field_bytes(1, name.encode("utf-8")) if name else b""
+            tensor += _field_bytes(2, v2_datatype_of(array).encode("ascii"))
+            if array.shape:
+                tensor += _field_bytes(3, b"".join(_varint(dim) for dim in array.shape))
+            tensors.append(_field_bytes(5, tensor))
+        return model + version, b"".join(tensors)
+
+
+_RAW_RESPONSES = RawResponses()
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
+
+
+def _field_bytes(number: int, value: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _fill_contents(contents: pb.InferTensorContents, array: np.ndarray, datatype: str) -> None:

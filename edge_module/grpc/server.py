@@ -88,7 +88,7 @@ class GrpcApplication:
             except Exception as exc:  # protobuf's DecodeError, or worse: the bytes are not the message
                 raise GrpcError(StatusCode.INTERNAL, f"the request message does not parse: {exc}") from None
             reply = await handle(request, call)
-            body = frame_message(reply.SerializeToString())
+            body = frame_message(reply)
         except asyncio.CancelledError:
             connection.abandon(stream)  # the client reset the stream, its deadline passed, or the server stops
             return

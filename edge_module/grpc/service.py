@@ -15,8 +15,8 @@ from edge_module.grpc.wire import Call
 from edge_module.rest.body import check_authorization
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-# A method: the parsed request message and the call's headers in, the response message out.
-Handler = Callable[[Any, Call], Awaitable[Any]]
+# A method: the parsed request message and the call's headers in, the serialized response message out.
+Handler = Callable[[Any, Call], Awaitable[bytes]]
 Parser = Callable[[bytes], Any]
 
 
@@ -43,29 +43,30 @@ class InferenceService:
             for name, (message, method) in methods.items()
         }
 
-    async def server_live(self, request: pb.ServerLiveRequest, call: Call) -> Any:
-        return pb.ServerLiveResponse(live=True)
+    async def server_live(self, request: pb.ServerLiveRequest, call: Call) -> bytes:
+        return _serialized(pb.ServerLiveResponse(live=True))
 
-    async def server_ready(self, request: pb.ServerReadyRequest, call: Call) -> Any:
-        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+    async def server_ready(self, request: pb.ServerReadyRequest, call: Call) -> bytes:
+        return _serialized(pb.ServerReadyResponse(ready=self.dataplane.ready()))
 
-    async def server_metadata(self, request: pb.ServerMetadataRequest, call: Call) -> Any:
+    async def server_metadata(self, request: pb.ServerMetadataRequest, call: Call) -> bytes:
         meta = self.dataplane.server_metadata()
-        return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
+        extensions = meta["extensions"]
+        return _serialized(pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=extensions))
 
-    async def model_ready(self, request: pb.ModelReadyRequest, call: Call) -> Any:
+    async def model_ready(self, request: pb.ModelReadyRequest, call: Call) -> bytes:
         self._authorize(call)
         try:
             ready = self.dataplane.model_ready(request.name, request.version or None)
         except ModelNotFound:
             ready = False  # the specification's answer for a model that is not ready: false, not an error
-        return pb.ModelReadyResponse(ready=ready)
+        return _serialized(pb.ModelReadyResponse(ready=ready))
 
-    async def model_metadata(self, request: pb.ModelMetadataRequest, call: Call) -> Any:
+    async def model_metadata(self, request: pb.ModelMetadataRequest, call: Call) -> bytes:
         self._authorize(call)
         meta = self.dataplane.model_metadata(request.name, request.version or None)
         params = meta["parameters"]
-        return pb.ModelMetadataResponse(
+        response = pb.ModelMetadataResponse(
             name=meta["name"],
             versions=meta["versions"],
             platform=PLATFORM,
@@ -77,8 +78,9 @@ class InferenceService:
                 "task": str(params["task"] or ""),
             },
         )
+        return _serialized(response)
 
-    async def model_infer(self, request: pb.ModelInferRequest, call: Call) -> Any:
+    async def model_infer(self, request: pb.ModelInferRequest, call: Call) -> bytes:
         self._authorize(call)
         started = time.perf_counter_ns()
         name, version = request.model_name, request.model_version or None
@@ -101,3 +103,8 @@ class InferenceService:
 
 def _tensor_metadata(spec: dict[str, Any]) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(name=spec["name"], datatype=spec["datatype"], shape=spec["shape"])
+
+
+def _serialized(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
