@@ -53,7 +53,7 @@ def test_a_changed_shape_or_datatype_is_not_served_from_a_stale_head() -> None:
         assert raw.serialize("m", "1", "b", ["y"], [other]) == protobuf_bytes("m", "1", "b", [("y", other)])
     assert raw.serialize("m", "2", "", ["y"], first) == protobuf_bytes("m", "2", "", [("y", first[0])])
     # Dimensions and lengths of 128 and more take multi-byte varints.
-    wide = [np.zeros((0, 300), np.float32), np.ones((200,), np.float64)]
+    wide: list[np.ndarray] = [np.zeros((0, 300), np.float32), np.ones((200,), np.float64)]
     assert raw.serialize("m" * 130, "1", "i" * 200, ["a", "b"], wide) == protobuf_bytes(
         "m" * 130, "1", "i" * 200, [("a", wide[0]), ("b", wide[1])]
     )
