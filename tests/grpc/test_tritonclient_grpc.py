@@ -226,3 +226,11 @@ def test_grpc_over_tls_with_certificate_files(tmp_path: Path) -> None:
                 plain.is_server_live(client_timeout=5)  # no plaintext on a TLS port
         finally:
             plain.close()
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_from_tritonclient(client: triton.InferenceServerClient, algorithm: str) -> None:
+    iris = iris_classifier()
+    x = iris.x_test
+    result = client.infer("iris", [_input("input", x, "FP32")], headers=AUTH, compression_algorithm=algorithm)
+    assert result.as_numpy("label").tolist() == iris.estimator.predict(x).tolist()
