@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Generator
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 _FIRST_STEP_TAKEN = object()
 
 
@@ -23,10 +24,20 @@ def start(coroutine: Coroutine[Any, Any, None], name: str | None = None) -> asyn
     return asyncio.get_running_loop().create_task(_Resumed(coroutine, waiting), name=name)
 
 
-class _Resumed(Coroutine[Any, Any, None]):
+def first_step(coroutine: Coroutine[Any, Any, T]) -> tuple[T, None] | tuple[None, Coroutine[Any, Any, T]]:
+    """Run ``coroutine`` to its first wait: (its result, None) if it finished, else (None, an awaitable that
+    continues it from there). Lets a caller skip work that only a waiting coroutine needs (a deadline timer)."""
+    try:
+        waiting = coroutine.send(None)
+    except StopIteration as done:
+        return done.value, None
+    return None, _Resumed(coroutine, waiting)
+
+
+class _Resumed(Coroutine[Any, Any, T]):
     """A started coroutine as a task's coroutine: the task's first step is handed what it already waits on."""
 
-    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
+    def __init__(self, coroutine: Coroutine[Any, Any, T], waiting: Any) -> None:
         self._coroutine = coroutine
         self._waiting = waiting
 
@@ -47,10 +58,10 @@ class _Resumed(Coroutine[Any, Any, None]):
     def close(self) -> None:
         self._coroutine.close()
 
-    def __await__(self) -> Generator[Any, None, None]:
+    def __await__(self) -> Generator[Any, None, T]:
         return self
 
-    def __iter__(self) -> _Resumed:
+    def __iter__(self) -> _Resumed[T]:
         return self
 
     def __next__(self) -> Any:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
+from edge_module import eager
 from edge_module.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, Unauthorized, UnsupportedMediaType
 
 Message = MutableMapping[str, Any]
@@ -58,18 +59,19 @@ async def read_body_with(headers: InferHeaders, receive: Receive, limit: int, ti
     declared = headers.content_length
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {int(declared)} bytes exceeds the {limit}-byte limit")
-    task = asyncio.current_task()
-    if task is None:  # not in a task (a bare coroutine): nothing to cancel, read without a deadline
-        body = await _receive_rest(await receive(), receive, limit)
+    # The usual case: the server has the whole body already, and receive() returns it without waiting. The
+    # deadline (a timer) is armed only when the body is still on its way.
+    pending = receive()
+    message, waiting = eager.first_step(pending) if isinstance(pending, Coroutine) else (None, pending)
+    if message is not None and message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")
+    elif (task := asyncio.current_task()) is None:  # a bare coroutine: nothing to cancel, no deadline
+        body = await _receive_rest(message if waiting is None else await waiting, receive, limit)
     else:
         # One timer handle, no closure: far cheaper than wrapping every receive() in wait_for.
         timer = asyncio.get_running_loop().call_later(timeout, task.cancel, _EXPIRED)
         try:
-            message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                body = message.get("body", b"")  # the usual case: the whole body in one message
-            else:
-                body = await _receive_rest(message, receive, limit)
+            body = await _receive_rest(message if waiting is None else await waiting, receive, limit)
         except asyncio.CancelledError as exc:
             if exc.args[:1] != (_EXPIRED,):
                 raise
@@ -86,8 +88,9 @@ async def read_body_with(headers: InferHeaders, receive: Receive, limit: int, ti
     return body
 
 
-async def _receive_rest(message: Message, receive: Receive, limit: int) -> bytes:
+async def _receive_rest(message: Message | None, receive: Receive, limit: int) -> bytes:
     """The body from its first message on, over as many messages as the client sends it in."""
+    assert message is not None  # the first step either finished with a message or left an awaitable
     chunks: list[bytes] = []
     total = 0
     while True:
