@@ -62,6 +62,25 @@ class ReportedState:
         self._pending.setdefault("models", {})[name] = block
         self.changed.set()
 
+    def resync(self, reported_models: Any) -> None:
+        """After reading the twin: send again each model block the hub's copy disagrees with.
+
+        A patch can be lost with the connection it went out on (the hub restarted before it arrived). The
+        blocks we send carry every field, so a lost one is mended by sending ours again; a ``downloadStartsAt``
+        the hub still shows but we no longer have is cleared with it."""
+        if not isinstance(reported_models, dict):
+            reported_models = {}
+        for name, block in self._models.items():
+            theirs = reported_models.get(name)
+            theirs = theirs if isinstance(theirs, dict) else {}
+            stale_start = theirs.get("downloadStartsAt") is not None and block.get("downloadStartsAt") is None
+            differs = any(theirs.get(key) != value for key, value in block.items() if key != "updatedAt")
+            if stale_start or differs:
+                resent = {**block, "downloadStartsAt": block.get("downloadStartsAt")} if stale_start else dict(block)
+                pending = self._pending.setdefault("models", {})
+                pending[name] = {**resent, **pending.get(name, {})}
+                self.changed.set()
+
     def set_probation(self, name: str, block: dict[str, Any]) -> None:
         """``models.<name>.probation``: sent beside the model's block, which it does not replace."""
         pending = self._pending.setdefault("models", {})

@@ -153,6 +153,7 @@ class TwinSync:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.module.settings.connect_backoff_max)
         self.module.observability.apply((twin.get("desired") or {}).get("observability"))
+        self.reported.resync((twin.get("reported") or {}).get("models"))
         self.reconciler.apply_twin(twin)
         self.shadows.apply((twin.get("desired") or {}).get("shadows"), full=True)
 

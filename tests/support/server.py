@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -109,9 +110,14 @@ class ModuleProcess:
                 if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == self.port:
                     inodes.add(fields[9])
         try:
-            links = {os.readlink(fd) for fd in Path(f"/proc/{self.process.pid}/fd").iterdir()}
+            descriptors = list(Path(f"/proc/{self.process.pid}/fd").iterdir())
         except OSError:
-            return True
+            # /proc was readable above, so our process is gone or going (it lost the port and exits): not ours.
+            return False
+        links = set()
+        for descriptor in descriptors:
+            with contextlib.suppress(OSError):  # closed while we looked
+                links.add(os.readlink(descriptor))
         return any(f"socket:[{inode}]" in links for inode in inodes)
 
     def logs(self) -> str:

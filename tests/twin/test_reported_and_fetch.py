@@ -44,3 +44,31 @@ async def test_pending_patches_coalesce_and_survive_a_failed_send() -> None:
     assert merged["lastDesiredVersion"] == 7 and merged["lastDesiredStatus"]["code"] == 200
     with pytest.raises(ValueError):
         state.set_model("iris", "exploded", None, None, None)
+
+
+def test_a_full_sync_sends_again_what_the_hub_lost() -> None:
+    """A patch lost with its connection (the hub restarted) is mended from the twin read at reconnection."""
+    from edge_module.twin.reported import ReportedState
+
+    reported = ReportedState()
+    reported.set_model("iris", "downloading", "2", "1", None, download_starts_at="2026-12-05T03:00:00+00:00")
+    reported.set_model("iris", "downloading", "2", "1", None)  # the delay ran out: null clears it in the twin
+    reported.set_model("iris", "active", "2", "2", "ab" * 32)
+    delivered = reported.take()
+    assert "downloadStartsAt" not in delivered["models"]["iris"]
+    ours = reported.model("iris")
+    assert ours is not None
+
+    in_sync = {**ours, "updatedAt": "earlier"}
+    reported.resync({"iris": in_sync})
+    assert reported.take() == {}  # the hub has it: nothing to send
+
+    # The hub kept the waiting block: the clearing patch never arrived.
+    lost = {**in_sync, "state": "downloading", "activeVersion": "1", "downloadStartsAt": "2026-12-05T03:00:00+00:00"}
+    reported.resync({"iris": lost})
+    resent = reported.take()["models"]["iris"]
+    assert resent["state"] == "active" and resent["activeVersion"] == "2"
+    assert "downloadStartsAt" in resent and resent["downloadStartsAt"] is None
+
+    reported.resync(None)  # a twin without reported models: ours are all sent
+    assert reported.take()["models"]["iris"]["state"] == "active"
