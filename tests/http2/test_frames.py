@@ -343,3 +343,14 @@ async def test_stop_lets_a_waiting_call_finish_then_closes(slow: GrpcServer) -> 
     assert fields[b"grpc-status"] == b"0" and pb.ModelInferResponse.FromString(body[5:]).outputs
     await client.close()
     await asyncio.wait_for(stopping, 60)
+
+
+async def test_a_settings_change_that_overflows_a_stream_window_is_a_flow_control_error(running: GrpcServer) -> None:
+    """Section 6.9.2: a SETTINGS_INITIAL_WINDOW_SIZE change that takes a stream's window above 2^31-1 is a
+    connection error of type FLOW_CONTROL_ERROR."""
+    client = await RawClient.connect(running.port, settings={f.INITIAL_WINDOW_SIZE: 100})
+    client.headers(1, LIVE)  # open: its window is 100
+    client.write(f.window_update(1, f.MAX_WINDOW - 100))  # exactly 2^31-1: allowed
+    await fence(client)
+    client.write(f.settings_frame({f.INITIAL_WINDOW_SIZE: 101}))
+    assert (await client.goaway()).code() == f.FLOW_CONTROL_ERROR
