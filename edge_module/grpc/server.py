@@ -108,6 +108,7 @@ class GrpcServer:
         self.application = application
         self.max_connections = max_connections
         self.connections: set[Connection] = set()
+        self.handshake_timeout = HANDSHAKE_TIMEOUT_S  # seconds for a client's preface and SETTINGS
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -145,6 +146,7 @@ class GrpcServer:
             self.application,
             max_body=self.application.max_message + _PREFIX_BYTES,
             max_streams=STREAMS_PER_CONNECTION,
+            handshake_timeout=self.handshake_timeout,
             on_close=self.connections.discard,
             refuse="too many connections" if full else None,
         )

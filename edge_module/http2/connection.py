@@ -478,6 +478,8 @@ class Connection(asyncio.Protocol):
                 delta, self._peer_window = value - self._peer_window, value
                 for stream in self.streams.values():
                     stream.send_window += delta
+                    if stream.send_window > f.MAX_WINDOW:
+                        raise f.ConnectionError_(f.FLOW_CONTROL_ERROR, f"stream {stream.id}'s window overflowed")
             elif key == f.MAX_FRAME_SIZE:
                 if not f.DEFAULT_MAX_FRAME <= value <= f.MAX_FRAME_LIMIT:
                     raise f.ConnectionError_(f.PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value} out of range")
