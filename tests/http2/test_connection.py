@@ -18,7 +18,7 @@ from edge_module.grpc.server import GrpcServer
 from edge_module.http2 import frames as f
 from edge_module.module import build_module
 from edge_module.settings import Settings
-from tests.support.misbehaving_models import iris_rows, slow_iris
+from tests.support.misbehaving_models import iris_rows
 from tests.support.models import iris_classifier
 
 LIVE = b"/inference.GRPCInferenceService/ServerLive"
@@ -282,31 +282,20 @@ async def test_stopping_sends_goaway_and_closes(tmp_path: Path) -> None:
         await stopping
 
 
-async def test_a_waiting_call_past_its_deadline_and_a_reset_one(tmp_path: Path) -> None:
+async def test_a_waiting_call_past_its_deadline_and_a_reset_one(slow: GrpcServer) -> None:
     """A call that waits (a slow model runs in the thread pool) is answered DEADLINE_EXCEEDED when its
     grpc-timeout passes; resetting another mid-run does not disturb the connection, which serves on."""
-    slow = tmp_path / "slow.onnx"
-    slow.write_bytes(slow_iris("1"))
-    settings = Settings(model_dir=tmp_path / "store", host="127.0.0.1", serve_default_model=False, grpc_port=0)
-    module = build_module(settings, {"iris": slow})
-    await module.start()
-    assert not module.dataplane.repository.get("iris", None).runs_inline
-    server = await GrpcServer.start(module)
-    try:
-        client = await RawClient.connect(server.port)
-        rows = iris_rows()
-        fields = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", INFER), (b":authority", b"t")]
-        fields += [(b"content-type", b"application/grpc"), (b"grpc-timeout", b"20m")]
-        client.write(f.frame(f.HEADERS, f.END_HEADERS, 1, client.encoder.encode(fields)))
-        client.message(1, infer_request(rows))
-        answer, _, _ = await client.response(1)
-        assert answer[b"grpc-status"] == b"4", answer  # DEADLINE_EXCEEDED
-        client.call(3, INFER, infer_request(rows))
-        client.write(f.rst_stream(3, f.CANCEL))
-        client.call(5, LIVE, b"")
-        live, _, _ = await client.response(5)
-        assert live[b"grpc-status"] == b"0"
-        await client.close()
-    finally:
-        await server.stop(5)
-        module.close()
+    client = await RawClient.connect(slow.port)
+    rows = iris_rows()
+    fields = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", INFER), (b":authority", b"t")]
+    fields += [(b"content-type", b"application/grpc"), (b"grpc-timeout", b"20m")]
+    client.write(f.frame(f.HEADERS, f.END_HEADERS, 1, client.encoder.encode(fields)))
+    client.message(1, infer_request(rows))
+    answer, _, _ = await client.response(1)
+    assert answer[b"grpc-status"] == b"4", answer  # DEADLINE_EXCEEDED
+    client.call(3, INFER, infer_request(rows))
+    client.write(f.rst_stream(3, f.CANCEL))
+    client.call(5, LIVE, b"")
+    live, _, _ = await client.response(5)
+    assert live[b"grpc-status"] == b"0"
+    await client.close()

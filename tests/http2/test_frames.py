@@ -18,10 +18,8 @@ import pytest
 from edge_module.grpc import inference_pb2 as pb
 from edge_module.grpc.server import GrpcServer
 from edge_module.http2 import frames as f
-from edge_module.module import build_module
-from edge_module.settings import Settings
 from tests.http2.test_connection import INFER, LIVE, Frame, RawClient, infer_request, serve
-from tests.support.misbehaving_models import iris_rows, slow_iris
+from tests.support.misbehaving_models import iris_rows
 from tests.support.models import iris_classifier
 
 FENCE = b"fence!!!"
@@ -32,23 +30,6 @@ BIG_WINDOW = 1 << 24
 async def running(tmp_path: Path) -> AsyncIterator[GrpcServer]:
     async for server in serve(tmp_path):
         yield server
-
-
-@pytest.fixture
-async def slow(tmp_path: Path) -> AsyncIterator[GrpcServer]:
-    """A model that runs in the thread pool: its calls really wait."""
-    model = tmp_path / "slow.onnx"
-    model.write_bytes(slow_iris("1"))
-    settings = Settings(model_dir=tmp_path / "store", host="127.0.0.1", serve_default_model=False, grpc_port=0)
-    module = build_module(settings, {"iris": model})
-    await module.start()
-    assert not module.dataplane.repository.get("iris", None).runs_inline
-    server = await GrpcServer.start(module)
-    try:
-        yield server
-    finally:
-        await server.stop(0)
-        module.close()
 
 
 def settings_of(frame: Frame) -> dict[int, int]:
